@@ -1,0 +1,1 @@
+"""LeadScout Outbound: process wiring shared by the API, the worker and the CLI."""

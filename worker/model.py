@@ -1,0 +1,111 @@
+"""What the rules read: plain snapshots of catalog rows and conversation state."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+_PLACEHOLDER = re.compile(r"\{\{\s*(\d+)\s*\}\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    id: UUID
+    name: str
+    language: str
+    category: str
+    status: str
+    body: str
+
+    @property
+    def placeholder_count(self) -> int:
+        """``n`` of SPEC 3: the highest placeholder number, 0 if none."""
+        return max((int(n) for n in _PLACEHOLDER.findall(self.body)), default=0)
+
+    def render(self, parameters: list[str]) -> str:
+        return _PLACEHOLDER.sub(lambda m: parameters[int(m.group(1)) - 1], self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    id: UUID
+    name: str
+    phone: str
+    opted_out: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    id: UUID
+    type: str
+    active: bool
+    brand_id: UUID | None
+    agent_id: UUID | None
+    default_advisor_id: UUID | None
+    daily_limit: int
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    id: UUID
+    kind: str
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: UUID
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """The slice of one workspace's catalog a set of commands needs."""
+
+    templates: dict[UUID, Template]
+    contacts: dict[UUID, Contact]
+    brand_ids: frozenset[UUID]
+    channels: dict[UUID, Channel]
+    agents: dict[UUID, Agent]
+    users: dict[UUID, User]
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    id: UUID
+    seq: int
+    channel_id: UUID
+    contact_id: UUID
+    status: str
+    control: str
+    agent_id: UUID | None
+    assigned_user_id: UUID | None
+    brand_id: UUID | None
+    campaign_id: str | None
+    created_at: datetime
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass(frozen=True, slots=True)
+class ContactState:
+    """A contact's conversations and the channels' quota use, as read at one moment."""
+
+    conversations: tuple[Conversation, ...]
+    opened_last_24h: dict[UUID, int] = field(default_factory=dict)
+
+    def active_on(self, channel_id: UUID) -> Conversation | None:
+        return next(
+            (c for c in self.conversations if c.active and c.channel_id == channel_id), None
+        )
+
+    def last_seq_on(self, channel_id: UUID) -> int | None:
+        return max((c.seq for c in self.conversations if c.channel_id == channel_id), default=None)
+
+    def remaining_quota(self, channel: Channel) -> int:
+        return channel.daily_limit - self.opened_last_24h.get(channel.id, 0)
