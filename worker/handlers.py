@@ -53,11 +53,23 @@ def initiate_outbound(command: InitiateOutbound, deps: Deps) -> Outcome:
         catalog = catalog_store.load(conn, command.workspace_id, [command.request])
     try:
         eligible = rules.check_preflight(command.request, catalog)
-        decision = _decide(deps.engine, command, eligible)
     except Rejection as rejection:
-        with deps.engine.begin() as conn:
-            return claim_and_reject(conn, command, rejection)
-    return _occupy(deps, command, eligible, decision)
+        return _record_rejection(deps.engine, command, rejection)
+    return _occupy(deps, command, eligible)
+
+
+def _occupy(deps: Deps, command: InitiateOutbound, eligible: Eligible) -> Outcome:
+    """Choose a channel, then lock it, re-check and write; start over on a lost race."""
+    for _ in range(MAX_ATTEMPTS):
+        try:
+            target = _decide(deps.engine, command, eligible)
+        except Rejection as rejection:
+            return _record_rejection(deps.engine, command, rejection)
+        try:
+            return _write_under_lock(deps, command, eligible, target)
+        except LostRace as lost:
+            logger.info("initiation.lost_race", reason=str(lost))
+    raise SelectionContention(str(command.command_id))
 
 
 def _decide(engine: Engine, command: InitiateOutbound, eligible: Eligible) -> Decision:
@@ -67,32 +79,40 @@ def _decide(engine: Engine, command: InitiateOutbound, eligible: Eligible) -> De
     return rules.select_channel(eligible, state, command.request.force_send)
 
 
-def _occupy(deps: Deps, command: InitiateOutbound, eligible: Eligible, target: Decision) -> Outcome:
-    """Lock → re-check → write; moves to another channel when the re-check says so."""
-    for _ in range(MAX_ATTEMPTS):
-        try:
-            with deps.locks.hold(target.channel.id) as fence, deps.engine.begin() as conn:
-                if (done := commands.claim(conn, command.command_id)) is not None:
-                    return done
-                fences.check(conn, target.channel.id, fence)
-                try:
-                    decision = rules.select_channel(
-                        eligible, _state(conn, command, eligible), command.request.force_send
-                    )
-                except Rejection as rejection:
-                    return reject(conn, command, rejection)
-                if _same_target(decision, target):
-                    return write(conn, command, eligible, decision)
-        except IntegrityError as error:
-            if not isinstance(error.orig, UniqueViolation):
-                raise
-            logger.info("initiation.lost_race", reason="unique_violation")
-            decision = _decide(deps.engine, command, eligible)
-        except (fences.StaleFence, ConversationChanged) as lost_race:
-            logger.info("initiation.lost_race", reason=type(lost_race).__name__)
-            decision = _decide(deps.engine, command, eligible)
-        target = decision
-    raise SelectionContention(str(command.command_id))
+def _write_under_lock(
+    deps: Deps, command: InitiateOutbound, eligible: Eligible, target: Decision
+) -> Outcome:
+    try:
+        with deps.locks.hold(target.channel.id) as fence, deps.engine.begin() as conn:
+            if (done := commands.claim(conn, command.command_id)) is not None:
+                return done
+            fences.check(conn, target.channel.id, fence)
+            try:
+                decision = rules.select_channel(
+                    eligible, _state(conn, command, eligible), command.request.force_send
+                )
+            except Rejection as rejection:
+                return reject(conn, command, rejection)
+            if not _same_target(decision, target):
+                raise LostRace("target_moved")
+            return write(conn, command, eligible, decision)
+    except fences.StaleFence:
+        raise LostRace("stale_fence") from None
+    except IntegrityError as error:
+        if isinstance(error.orig, UniqueViolation):
+            raise LostRace("unique_violation") from None
+        raise
+
+
+class LostRace(Exception):
+    """Someone changed the channel's state between our choice and our write."""
+
+
+def _record_rejection(engine: Engine, command: InitiateOutbound, rejection: Rejection) -> Outcome:
+    with engine.begin() as conn:
+        if (done := commands.claim(conn, command.command_id)) is not None:
+            return done
+        return reject(conn, command, rejection)
 
 
 def _same_target(decision: Decision, target: Decision) -> bool:
@@ -110,12 +130,6 @@ def _state(conn: Connection, command: InitiateOutbound, eligible: Eligible) -> C
     )
 
 
-def claim_and_reject(conn: Connection, command: InitiateOutbound, rejection: Rejection) -> Outcome:
-    if (done := commands.claim(conn, command.command_id)) is not None:
-        return done
-    return reject(conn, command, rejection)
-
-
 def reject(conn: Connection, command: InitiateOutbound, rejection: Rejection) -> Outcome:
     """Invariant 5: a rejection writes only the outcome and its event."""
     outcome = Outcome(command.command_id, "failed", error=rejection.as_problem())
@@ -124,10 +138,6 @@ def reject(conn: Connection, command: InitiateOutbound, rejection: Rejection) ->
     metrics.COMMANDS.labels(outcome=rejection.code.value).inc()
     logger.info("initiation.rejected", code=rejection.code.value)
     return outcome
-
-
-class ConversationChanged(Exception):
-    """The conversation to reuse was closed between the re-check and its row lock."""
 
 
 def write(
@@ -195,7 +205,7 @@ def _reuse(conn: Connection, command: InitiateOutbound, decision: Reuse) -> tupl
     """
     previous_control = conversation_store.lock_active(conn, decision.conversation.id)
     if previous_control is None:
-        raise ConversationChanged(str(decision.conversation.id))
+        raise LostRace("conversation_closed")
     request = command.request
     replacements = {
         "assigned_user_id": request.handoff_override.user_id if request.handoff_override else None,

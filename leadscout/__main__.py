@@ -1,0 +1,3 @@
+from leadscout.cli import main
+
+main()

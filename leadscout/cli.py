@@ -1,0 +1,124 @@
+"""The ``leadscout`` command line (SPEC 8). Commands that print JSON print only that."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+from uuid import UUID
+
+import typer
+from pydantic import ValidationError
+
+from leadscout import logs
+from leadscout.settings import ConfigurationError, get_settings
+
+cli = typer.Typer(
+    help="LeadScout Outbound: AI-initiated WhatsApp conversations.", no_args_is_help=True
+)
+workspace_cli = typer.Typer(help="Manage workspaces.", no_args_is_help=True)
+catalog_cli = typer.Typer(help="Manage a workspace's catalog.", no_args_is_help=True)
+cli.add_typer(workspace_cli, name="workspace")
+cli.add_typer(catalog_cli, name="catalog")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"leadscout: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _database_url() -> str:
+    from worker.runtime import resolved_urls
+
+    return resolved_urls()[0]
+
+
+def _print_json(data: object) -> None:
+    typer.echo(json.dumps(data))
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply every database migration (alembic upgrade head)."""
+    from worker.store.migrate import upgrade
+
+    upgrade(_database_url())
+    typer.echo("leadscout: database at head", err=True)
+
+
+@workspace_cli.command("create")
+def workspace_create(name: Annotated[str, typer.Option("--name", help="Workspace name.")]) -> None:
+    """Create a workspace and print {"workspaceId", "apiKey"} as JSON."""
+    from worker.store import workspaces
+    from worker.store.db import get_engine
+
+    with get_engine(_database_url()).begin() as conn:
+        workspace_id, api_key = workspaces.create(conn, name)
+    _print_json({"workspaceId": str(workspace_id), "apiKey": api_key})
+
+
+@catalog_cli.command("import")
+def catalog_import(
+    file: Annotated[Path, typer.Argument(help="Catalog JSON file (SPEC 3).")],
+    workspace: Annotated[UUID, typer.Option("--workspace", help="Workspace id.")],
+) -> None:
+    """Upsert a catalog file into a workspace, all or nothing; print counts as JSON."""
+    from schemas.catalog import CatalogFile
+    from worker.store import catalog
+    from worker.store.db import get_engine
+    from worker.store.tables import workspaces
+
+    try:
+        parsed = CatalogFile.model_validate_json(file.read_bytes())
+    except OSError as exc:
+        raise _fail(f"cannot read {file}: {exc.strerror}") from None
+    except ValidationError as exc:
+        raise _fail(f"{file}: {_first_error(exc)}") from None
+    with get_engine(_database_url()).begin() as conn:
+        if conn.execute(workspaces.select().where(workspaces.c.id == workspace)).first() is None:
+            raise _fail(f"workspace {workspace} does not exist")
+        try:
+            counts = catalog.import_file(conn, workspace, parsed)
+        except catalog.CatalogImportError as exc:
+            raise _fail(f"{file}: {exc}; nothing imported") from None
+    _print_json(counts)
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    location = ".".join(str(part) for part in error["loc"]) or "file"
+    return f"{location}: {error['msg']}; nothing imported"
+
+
+@cli.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Worker processes or threads.")] = 2,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
+) -> None:
+    """Run a Celery worker that processes initiation commands."""
+    from worker.celery_app import use_broker
+    from worker.runtime import resolved_urls
+
+    app = use_broker(resolved_urls()[1])
+    app.worker_main(
+        [
+            "worker",
+            "--loglevel=WARNING",
+            f"--concurrency={concurrency}",
+            f"--pool={pool}",
+            "--queues=leadscout",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+def main() -> None:
+    try:
+        settings = get_settings()
+    except ConfigurationError as exc:
+        typer.echo(f"leadscout: {exc}", err=True)
+        sys.exit(2)
+    logs.configure(settings.log_format)
+    cli()

@@ -1,0 +1,238 @@
+"""Invariants 1 and 3 under real concurrency: threads, a stalled lock holder, redelivery."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Engine, func, select
+from structlog.testing import capture_logs
+
+from schemas.commands import InitiateOutbound
+from tests.world import World, body, make_deps
+from worker import handlers
+from worker.handlers import Deps
+from worker.store import fences
+from worker.store.commands import Outcome
+from worker.store.tables import channel_fences, conversations, messages, outbox
+
+
+def run_at_once(jobs: list[Callable[[], Outcome]]) -> list[Outcome]:
+    """Runs every job in its own thread, all released by one barrier."""
+    barrier = threading.Barrier(len(jobs))
+    results: list[Any] = [None] * len(jobs)
+
+    def run(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = jobs[index]()
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assertions below
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def count(engine: Engine, table: Any, *where: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one())
+
+
+def codes(outcomes: list[Outcome]) -> Counter[str]:
+    return Counter(
+        ("reused" if o.result["alreadyInitiated"] else "created")
+        if o.status == "succeeded"
+        else o.error["code"]
+        for o in outcomes
+    )
+
+
+class TestFiftyCommandsForOneContactAndChannel:
+    """Fifty simultaneous initiations for one contact on one channel open one conversation."""
+
+    def setup_world(self, engine: Engine, redis: Any) -> tuple[World, UUID, UUID, UUID]:
+        world = World(engine, redis)
+        channel = world.channel(world.agent())
+        return world, channel, world.template(), world.contact()
+
+    def test_explicit_channel_gives_one_created_and_49_active_conversation_exists(
+        self, engine, redis
+    ):
+        world, channel, template, contact = self.setup_world(engine, redis)
+        commands = [
+            world.command(**body(contact, template, providerChannelId=channel)) for _ in range(50)
+        ]
+        outcomes = run_at_once(
+            [lambda c=c: handlers.initiate_outbound(c, world.deps) for c in commands]
+        )
+        assert codes(outcomes) == {"created": 1, "ActiveConversationExists": 49}
+        winner = next(o for o in outcomes if o.status == "succeeded")
+        blocking = {o.error["blockingConversationId"] for o in outcomes if o.status == "failed"}
+        assert blocking == {winner.result["conversation"]["id"]}
+        assert count(engine, conversations) == 1
+        assert count(engine, messages) == 1
+        assert count(engine, outbox, outbox.c.event_type == "leadscout.initiation.rejected") == 49
+        assert count(engine, outbox, outbox.c.event_type == "leadscout.conversation.created") == 1
+
+    def test_auto_selection_gives_one_created_and_49_all_channels_occupied(self, engine, redis):
+        world, _, template, contact = self.setup_world(engine, redis)
+        commands = [world.command(**body(contact, template)) for _ in range(50)]
+        outcomes = run_at_once(
+            [lambda c=c: handlers.initiate_outbound(c, world.deps) for c in commands]
+        )
+        assert codes(outcomes) == {"created": 1, "AllProviderChannelsOccupied": 49}
+        assert count(engine, conversations) == 1
+
+    def test_force_send_gives_one_created_and_49_reused(self, engine, redis):
+        world, channel, template, contact = self.setup_world(engine, redis)
+        commands = [
+            world.command(**body(contact, template, providerChannelId=channel, forceSend=True))
+            for _ in range(50)
+        ]
+        outcomes = run_at_once(
+            [lambda c=c: handlers.initiate_outbound(c, world.deps) for c in commands]
+        )
+        assert codes(outcomes) == {"created": 1, "reused": 49}
+        assert len({o.result["conversation"]["id"] for o in outcomes}) == 1
+        assert count(engine, conversations) == 1
+        assert count(engine, messages) == 50
+        assert count(engine, outbox, outbox.c.event_type == "leadscout.conversation.reused") == 49
+
+
+class TestDatabaseIsTheLastGuard:
+    """Without lock or fence, the partial unique index still allows one active conversation."""
+
+    def test_unguarded_writers_get_one_created_and_clean_409s(self, engine, redis, monkeypatch):
+        monkeypatch.setattr(fences, "check", lambda *args: None)
+        world = World(engine, redis)
+        channel = world.channel(world.agent())
+        template, contact = world.template(), world.contact()
+        no_locks = Deps(engine=engine, locks=UnlockedChannels(engine))  # type: ignore[arg-type]
+        commands = [
+            world.command(**body(contact, template, providerChannelId=channel)) for _ in range(20)
+        ]
+        outcomes = run_at_once(
+            [lambda c=c: handlers.initiate_outbound(c, no_locks) for c in commands]
+        )
+        assert codes(outcomes) == {"created": 1, "ActiveConversationExists": 19}
+        assert count(engine, conversations, conversations.c.status == "active") == 1
+
+
+class UnlockedChannels:
+    """Takes no lock at all."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def hold(self, channel_id: UUID) -> Iterator[int]:
+        yield 0
+
+
+class StallingLocks:
+    """Real channel locks whose holder stalls after acquiring, until told to go on."""
+
+    def __init__(self, inner: Any, acquired: threading.Event, resume: threading.Event) -> None:
+        self.inner, self.acquired, self.resume = inner, acquired, resume
+
+    @contextmanager
+    def hold(self, channel_id: UUID) -> Iterator[int]:
+        with self.inner.hold(channel_id) as fence:
+            if not self.acquired.is_set():
+                self.acquired.set()
+                assert self.resume.wait(30)
+            yield fence
+
+
+class TestStalledLockHolder:
+    """A holder whose lock expired while it stalled cannot write: it re-checks and answers cleanly."""
+
+    def test_late_writer_gets_active_conversation_exists(self, engine, redis):
+        world = World(engine, redis)
+        channel = world.channel(world.agent())
+        template, contact = world.template(), world.contact()
+        ttl_ms = 300
+        acquired, resume = threading.Event(), threading.Event()
+        stalled_deps = Deps(
+            engine=engine,
+            locks=StallingLocks(make_deps(engine, redis, ttl_ms=ttl_ms).locks, acquired, resume),  # type: ignore[arg-type]
+        )
+        late = world.command(**body(contact, template, providerChannelId=channel))
+        prompt = world.command(**body(contact, template, providerChannelId=channel))
+        late_result: list[Outcome] = []
+        stalled = threading.Thread(
+            target=lambda: late_result.append(handlers.initiate_outbound(late, stalled_deps))
+        )
+        with capture_logs() as logs:
+            stalled.start()
+            assert acquired.wait(10)
+            time.sleep(ttl_ms / 1000 * 2)  # the stalled holder's lock has expired by now
+            prompt_outcome = handlers.initiate_outbound(
+                prompt, make_deps(engine, redis, ttl_ms=ttl_ms)
+            )
+            resume.set()
+            stalled.join(30)
+
+        assert prompt_outcome.status == "succeeded"
+        conversation_id = prompt_outcome.result["conversation"]["id"]
+        [late_outcome] = late_result
+        assert late_outcome.status == "failed"
+        assert late_outcome.error["code"] == "ActiveConversationExists"
+        assert late_outcome.error["status"] == 409
+        assert late_outcome.error["blockingConversationId"] == conversation_id
+        assert count(engine, conversations) == 1
+        # The stalled holder's write was refused by its fence (token 1 < 2), and its
+        # retry answered from a fresh read without opening anything.
+        assert [e["reason"] for e in logs if e["event"] == "initiation.lost_race"] == [
+            "stale_fence"
+        ]
+        with engine.connect() as conn:
+            token = conn.execute(
+                select(channel_fences.c.token).where(channel_fences.c.channel_id == channel)
+            ).scalar_one()
+        assert token == 2
+
+
+class TestRedelivery:
+    """A command delivered twice does its work once and keeps one outcome."""
+
+    def test_sequential_redelivery_returns_the_first_outcome(self, engine, redis):
+        world = World(engine, redis)
+        world.channel(world.agent())
+        command = world.command(**body(world.contact(), world.template()))
+        first = handlers.initiate_outbound(command, world.deps)
+        again = handlers.initiate_outbound(command, world.deps)
+        assert again == first
+        self.assert_one_effect(engine, command)
+
+    def test_concurrent_redelivery_does_the_work_once(self, engine, redis):
+        world = World(engine, redis)
+        world.channel(world.agent())
+        command = world.command(**body(world.contact(), world.template()))
+        outcomes = run_at_once([lambda: handlers.initiate_outbound(command, world.deps)] * 10)
+        assert {o.result["conversation"]["id"] for o in outcomes} == {
+            outcomes[0].result["conversation"]["id"]
+        }
+        self.assert_one_effect(engine, command)
+
+    def test_redelivered_rejection_keeps_one_rejected_event(self, engine, redis):
+        world = World(engine, redis)
+        command = world.command(**body(world.contact(opted_out=True), world.template()))
+        outcomes = run_at_once([lambda: handlers.initiate_outbound(command, world.deps)] * 5)
+        assert {o.error["code"] for o in outcomes} == {"ContactOptedOut"}
+        assert count(engine, outbox, outbox.c.command_id == command.command_id) == 1
+
+    @staticmethod
+    def assert_one_effect(engine: Engine, command: InitiateOutbound) -> None:
+        assert count(engine, conversations) == 1
+        assert count(engine, messages) == 1
+        assert count(engine, outbox, outbox.c.command_id == command.command_id) == 1
