@@ -38,3 +38,8 @@ def initiate_outbound(command: dict[str, Any]) -> None:
             handlers.initiate_outbound(parsed, handler_deps())
         except UnknownCommand:
             logger.error("initiation.unknown_command")
+
+
+def publish(command: InitiateOutbound) -> None:
+    """Sends the command to the workers; its row must be committed before this."""
+    initiate_outbound.delay(command.model_dump(mode="json"))
