@@ -31,7 +31,7 @@ def run_at_once(jobs: list[Callable[[], Outcome]]) -> list[Outcome]:
         barrier.wait()
         try:
             results[index] = jobs[index]()
-        except Exception as exc:  # noqa: BLE001 - surfaced by the assertions below
+        except Exception as exc:
             results[index] = exc
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
@@ -154,7 +154,7 @@ class StallingLocks:
 
 
 class TestStalledLockHolder:
-    """A holder whose lock expired while it stalled cannot write: it re-checks and answers cleanly."""
+    """A holder whose lock expired while it stalled cannot write; it answers cleanly."""
 
     def test_late_writer_gets_active_conversation_exists(self, engine, redis):
         world = World(engine, redis)

@@ -41,7 +41,7 @@ def reject(w: World, code: str, status: int, **request: Any) -> dict[str, Any]:
     assert outcome.result is None
     problem = outcome.error
     assert problem is not None
-    assert PROBLEM_MEMBERS <= problem.keys()
+    assert problem.keys() >= PROBLEM_MEMBERS
     assert (problem["code"], problem["status"]) == (code, status)
     assert problem["type"].endswith(code)
     assert problem["title"]
