@@ -20,7 +20,9 @@ cli = typer.Typer(
 workspace_cli = typer.Typer(help="Manage workspaces.", no_args_is_help=True)
 catalog_cli = typer.Typer(help="Manage a workspace's catalog.", no_args_is_help=True)
 cli.add_typer(workspace_cli, name="workspace")
+events_cli = typer.Typer(help="Read the event stream.", no_args_is_help=True)
 cli.add_typer(catalog_cli, name="catalog")
+cli.add_typer(events_cli, name="events")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -112,6 +114,52 @@ def worker(
             "--without-mingle",
         ]
     )
+
+
+@cli.command()
+def api(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Run the HTTP API (FastAPI on uvicorn)."""
+    import uvicorn
+
+    from api_shim.app import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, log_config=None, access_log=False)
+
+
+@cli.command()
+def relay() -> None:
+    """Move outbox rows to the event stream (several relays may run at once)."""
+    from worker import relay as outbox_relay
+    from worker.runtime import resolved_urls
+
+    outbox_relay.run_forever(*resolved_urls(), get_settings().events_stream)
+
+
+@events_cli.command("tail")
+def events_tail(
+    from_start: Annotated[
+        bool, typer.Option("--from-start", help="Print the whole stream first.")
+    ] = False,
+) -> None:
+    """Follow the event stream, one line per event."""
+    from leadscout.tail import tail
+    from worker.runtime import resolved_urls
+
+    tail(resolved_urls()[1], get_settings().events_stream, from_start=from_start)
+
+
+@cli.command()
+def dev(
+    host: Annotated[str, typer.Option(help="Interface the API binds.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port the API listens on.")] = 8000,
+) -> None:
+    """The whole stack on embedded PostgreSQL and Redis (data under .leadscout/)."""
+    from leadscout import dev as dev_stack
+
+    dev_stack.run(get_settings(), host, port)
 
 
 def main() -> None:

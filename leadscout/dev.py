@@ -1,0 +1,134 @@
+"""``leadscout dev``: the whole stack on one machine, on embedded servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from leadscout.demo import DEMO_CATALOG, DEMO_CONTACT_ID, DEMO_TEMPLATE_ID
+from leadscout.embedded import start_postgres, start_redis
+from leadscout.settings import Settings
+
+
+@dataclass
+class DevStack:
+    database_url: str
+    redis_url: str
+    workspace_id: UUID
+    api_key: str
+
+
+def prepare(settings: Settings) -> tuple[DevStack, list[Any]]:
+    """Embedded servers (kept alive by the returned handles), migrations, demo workspace."""
+    from worker.store.migrate import upgrade
+
+    pg, database_url = start_postgres(settings.data_dir / "pg")
+    redis, redis_url = start_redis(settings.data_dir / "redis")
+    upgrade(database_url)
+    workspace_id, api_key = _demo_workspace(database_url, settings.data_dir / "demo.json")
+    return DevStack(database_url, redis_url, workspace_id, api_key), [pg, redis]
+
+
+def _demo_workspace(database_url: str, remembered: Path) -> tuple[UUID, str]:
+    """The demo workspace of an earlier run, or a new one with the demo catalog."""
+    from schemas.catalog import CatalogFile
+    from worker.store import catalog, workspaces
+    from worker.store.db import get_engine
+    from worker.store.tables import workspaces as workspace_table
+
+    with get_engine(database_url).begin() as conn:
+        if remembered.exists():
+            saved = json.loads(remembered.read_text())
+            workspace_id = UUID(saved["workspaceId"])
+            if conn.execute(
+                workspace_table.select().where(workspace_table.c.id == workspace_id)
+            ).first():
+                return workspace_id, str(saved["apiKey"])
+        workspace_id, api_key = workspaces.create(conn, "Demo")
+        catalog.import_file(conn, workspace_id, CatalogFile.model_validate(DEMO_CATALOG))
+    remembered.write_text(json.dumps({"workspaceId": str(workspace_id), "apiKey": api_key}))
+    return workspace_id, api_key
+
+
+def run(settings: Settings, host: str, port: int) -> None:
+    stack, servers = prepare(settings)
+    env = {
+        **os.environ,
+        "LEADSCOUT_DATABASE_URL": stack.database_url,
+        "LEADSCOUT_REDIS_URL": stack.redis_url,
+        "LEADSCOUT_LOG_FORMAT": settings.log_format,
+    }
+    commands = [
+        ["api", "--host", host, "--port", str(port)],
+        ["worker", "--concurrency", "2"],
+        ["relay"],
+    ]
+    children = [
+        subprocess.Popen([sys.executable, "-m", "leadscout", *args], env=env) for args in commands
+    ]
+    _announce(stack, host, port)
+    try:
+        _supervise(children)
+    finally:
+        _stop(children)
+        del servers
+
+
+def _announce(stack: DevStack, host: str, port: int) -> None:
+    base = f"http://{host}:{port}"
+    body = json.dumps(
+        {
+            "contactId": DEMO_CONTACT_ID,
+            "template": {"templateId": DEMO_TEMPLATE_ID, "parameters": ["Luis", "Ana"]},
+            "forceSend": True,
+        }
+    )
+    url = f"{base}/v1/workspaces/{stack.workspace_id}/leadscout/outbound"
+    print(
+        f"\nLeadScout Outbound is up at {base}  (docs: {base}/docs)\n"
+        f"workspace: {stack.workspace_id}\n"
+        f"API key:   {stack.api_key}\n\n"
+        f"Try it:\n"
+        f"  curl -sS -X POST {url} \\\n"
+        f"    -H 'X-API-Key: {stack.api_key}' -H 'Content-Type: application/json' \\\n"
+        f"    -d '{body}'\n\n"
+        f"Ctrl-C stops everything.\n",
+        flush=True,
+    )
+
+
+def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
+    stop = {"now": False}
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        while not stop["now"]:
+            for child in children:
+                if child.poll() is not None:
+                    print(f"leadscout: {child.args[3:]} exited ({child.returncode})", file=sys.stderr)
+                    return
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
