@@ -116,7 +116,9 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
         while not stop["now"]:
             for child in children:
                 if child.poll() is not None:
-                    print(f"leadscout: {child.args[3:]} exited ({child.returncode})", file=sys.stderr)
+                    print(
+                        f"leadscout: {child.args[3:]} exited ({child.returncode})", file=sys.stderr
+                    )
                     return
             time.sleep(0.5)
     except KeyboardInterrupt:

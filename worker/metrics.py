@@ -8,3 +8,13 @@ LOCK_WAIT = Histogram(
     "Time spent waiting for a channel lock.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+OUTBOX_LAG = Histogram(
+    "leadscout_outbox_lag_seconds",
+    "Age of the oldest outbox row in each relayed batch when it was picked up.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+EVENTS_RELAYED = Counter(
+    "leadscout_events_relayed_total",
+    "Outbox events sent to the stream, by path: direct (worker fast path) or sweep (relay).",
+    ["path"],
+)

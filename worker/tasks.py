@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import structlog
@@ -12,10 +13,12 @@ from schemas.commands import InitiateOutbound
 from worker import handlers
 from worker.celery_app import app
 from worker.locks import LockWaitTimeout
-from worker.runtime import handler_deps
-from worker.store.commands import UnknownCommand
+from worker.runtime import handler_deps, redis_client
+from worker.store.commands import Outcome, UnknownCommand
 
 logger = structlog.get_logger(__name__)
+
+OUTCOME_CHANNEL_PREFIX = "leadscout:outcome:"
 
 # Infrastructure failures are retried, never recorded as an outcome (SPEC 4.1).
 RETRYABLE = (OperationalError, RedisError, LockWaitTimeout, handlers.SelectionContention)
@@ -35,9 +38,22 @@ def initiate_outbound(command: dict[str, Any]) -> None:
         command_id=str(parsed.command_id), workspace_id=str(parsed.workspace_id)
     ):
         try:
-            handlers.initiate_outbound(parsed, handler_deps())
+            outcome = handlers.initiate_outbound(parsed, handler_deps())
         except UnknownCommand:
             logger.error("initiation.unknown_command")
+            return
+        announce(outcome)
+
+
+def announce(outcome: Outcome) -> None:
+    """Tells waiting API processes (SPEC 4.2 sync mode); losing this only costs them a 202."""
+    message = {"status": outcome.status, "result": outcome.result, "error": outcome.error}
+    try:
+        redis_client().publish(
+            OUTCOME_CHANNEL_PREFIX + str(outcome.command_id), json.dumps(message)
+        )
+    except RedisError:
+        logger.warning("initiation.announce_failed")
 
 
 def publish(command: InitiateOutbound) -> None:

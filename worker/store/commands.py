@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from schemas.commands import InitiateOutbound
 from worker.store.tables import commands
@@ -98,3 +99,85 @@ def finish(conn: Connection, outcome: Outcome) -> None:
 
 class UnknownCommand(LookupError):
     """A task named a command that was never recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCommand:
+    id: UUID
+    status: str
+    request_hash: str
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("succeeded", "failed")
+
+
+def _stored(conn: Connection, *where: Any) -> StoredCommand | None:
+    row = conn.execute(
+        select(
+            commands.c.id,
+            commands.c.status,
+            commands.c.request_hash,
+            commands.c.result,
+            commands.c.error,
+        ).where(*where)
+    ).one_or_none()
+    return StoredCommand(*row) if row is not None else None
+
+
+def find(conn: Connection, workspace_id: UUID, command_id: UUID) -> StoredCommand | None:
+    return _stored(conn, commands.c.workspace_id == workspace_id, commands.c.id == command_id)
+
+
+IDEMPOTENCY_WINDOW = "24 hours"
+
+
+def record_idempotent(
+    conn: Connection, command: InitiateOutbound, idempotency_key: str, body_hash: str
+) -> StoredCommand | None:
+    """Records the command under its key, or returns the command already holding that key.
+
+    A racing twin blocks on the unique index until the first commits, then sees it.
+    A key older than the 24 h window is released and the new command takes it.
+    """
+    payload = command.model_dump(mode="json")
+    stmt = (
+        pg_insert(commands)
+        .values(
+            id=command.command_id,
+            workspace_id=command.workspace_id,
+            idempotency_key=idempotency_key,
+            request_hash=body_hash,
+            payload=payload,
+        )
+        .on_conflict_do_nothing(
+            index_elements=[commands.c.workspace_id, commands.c.idempotency_key],
+            index_where=commands.c.idempotency_key.is_not(None),
+        )
+        .returning(commands.c.id)
+    )
+    if conn.execute(stmt).first() is not None:
+        return None
+    holder = (
+        commands.c.workspace_id == command.workspace_id,
+        (commands.c.idempotency_key == idempotency_key),
+    )
+    released = conn.execute(
+        update(commands)
+        .where(
+            *holder, commands.c.created_at < func.now() - text(f"interval '{IDEMPOTENCY_WINDOW}'")
+        )
+        .values(idempotency_key=None)
+    ).rowcount
+    if released:
+        return record_idempotent(conn, command, idempotency_key, body_hash)
+    return _stored(conn, *holder)
+
+
+def discard(conn: Connection, command_id: UUID) -> None:
+    """Removes a command that never reached the broker (the client was told 503)."""
+    conn.execute(
+        delete(commands).where(commands.c.id == command_id, commands.c.status == "accepted")
+    )

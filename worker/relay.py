@@ -1,0 +1,147 @@
+"""The outbox relay: moves committed outbox rows to the Redis Stream (SPEC 6, invariant 4).
+
+Rows are sent with XADD *before* the transaction that marks them published commits, so a
+crash in between sends them again: delivery is at least once and subscribers dedupe by the
+CloudEvents ``id``. ``FOR UPDATE SKIP LOCKED`` lets any number of relays (and the workers'
+fast path) run at once without two of them sending the same row concurrently.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterable, Sequence
+from types import FrameType
+from typing import Any
+from uuid import UUID
+
+import structlog
+from prometheus_client import start_http_server
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import BigInteger, Engine, Row, Select, any_, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import UUID as PgUUID
+from sqlalchemy.exc import SQLAlchemyError
+
+from leadscout.settings import get_settings
+from worker import metrics
+from worker.store.db import get_engine
+from worker.store.tables import outbox
+
+logger = structlog.get_logger(__name__)
+
+MAX_BACKOFF_S = 5.0
+EVENT_FIELD = "event"
+
+
+def relay_batch(engine: Engine, redis: Redis, stream: str, limit: int = 500) -> int:
+    """Sends the oldest unpublished rows no other relay holds; returns how many."""
+    sent = _send(engine, redis, stream, _unpublished().limit(limit), path="sweep")
+    if sent:
+        logger.info("relay.batch_sent", count=sent)
+    return sent
+
+
+def publish_now(engine: Engine, redis: Redis, stream: str, event_ids: Iterable[UUID]) -> int:
+    """The worker's fast path after its commit: sends just these events, if still unsent."""
+    wanted = list(event_ids)
+    if not wanted:
+        return 0
+    named = outbox.c.event_id == any_(bindparam("event_ids", wanted, ARRAY(PgUUID(as_uuid=True))))
+    return _send(engine, redis, stream, _unpublished().where(named), path="direct")
+
+
+def _unpublished() -> Select[Any]:
+    lag_s = func.extract("epoch", func.clock_timestamp() - outbox.c.created_at)
+    return (
+        select(outbox.c.id, outbox.c.payload, lag_s.label("lag_s"))
+        .where(outbox.c.published_at.is_(None))
+        .order_by(outbox.c.id)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def _send(engine: Engine, redis: Redis, stream: str, claim: Select[Any], path: str) -> int:
+    with engine.begin() as conn:
+        rows = conn.execute(claim).all()
+        if not rows:
+            return 0
+        _xadd(redis, stream, [row.payload for row in rows])
+        ids = bindparam("ids", [row.id for row in rows], ARRAY(BigInteger))
+        conn.execute(update(outbox).where(outbox.c.id == any_(ids)).values(published_at=func.now()))
+    _observe(rows, path)
+    return len(rows)
+
+
+def _xadd(redis: Redis, stream: str, payloads: Sequence[dict[str, Any]]) -> None:
+    pipe = redis.pipeline(transaction=False)
+    for payload in payloads:
+        pipe.xadd(stream, {EVENT_FIELD: encode(payload)})
+    pipe.execute()
+
+
+def encode(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def _observe(rows: Sequence[Row[Any]], path: str) -> None:
+    metrics.OUTBOX_LAG.observe(max(float(row.lag_s) for row in rows))
+    metrics.EVENTS_RELAYED.labels(path=path).inc(len(rows))
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; the current batch finishes, then the loop ends."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._request)
+
+    def _request(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+    def sleep(self, seconds: float) -> None:
+        # Short naps rather than one long one: a stop request must not wait out a backoff.
+        deadline = time.monotonic() + seconds
+        while not self.requested and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
+
+
+def run_forever(database_url: str, redis_url: str, stream: str, idle_sleep_s: float = 0.2) -> None:
+    engine = get_engine(database_url)
+    redis = Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30)
+    _serve_metrics()
+    stop = _StopFlag()
+    logger.info("relay.started", stream=stream)
+    failures = 0
+    while not stop.requested:
+        try:
+            sent = relay_batch(engine, redis, stream)
+        except (SQLAlchemyError, RedisError) as error:
+            failures += 1
+            stop.sleep(_backoff(failures, error))
+            continue
+        failures = 0
+        if not sent:
+            stop.sleep(idle_sleep_s)
+    logger.info("relay.stopped")
+
+
+def _backoff(failures: int, error: Exception) -> float:
+    delay = min(MAX_BACKOFF_S, 0.1 * 2.0 ** min(failures, 8))
+    logger.warning(
+        "relay.error",
+        error=type(error).__name__,
+        detail=str(error).partition("\n")[0],
+        failures=failures,
+        retry_in_s=delay,
+    )
+    return delay
+
+
+def _serve_metrics() -> None:
+    port = get_settings().metrics_port
+    if port is not None:
+        start_http_server(port)
