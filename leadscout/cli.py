@@ -123,6 +123,7 @@ def api(
 ) -> None:
     """Run the HTTP API (FastAPI on uvicorn)."""
     import uvicorn
+
     from api_shim.app import create_app
 
     uvicorn.run(create_app(), host=host, port=port, log_config=None, access_log=False)

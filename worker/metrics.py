@@ -18,3 +18,11 @@ EVENTS_RELAYED = Counter(
     "Outbox events sent to the stream, by path: direct (worker fast path) or sweep (relay).",
     ["path"],
 )
+HTTP_REQUESTS = Counter(
+    "leadscout_http_requests_total",
+    "HTTP requests by route and status.",
+    ["method", "route", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "leadscout_http_request_seconds", "HTTP request latency by route.", ["method", "route"]
+)

@@ -181,3 +181,7 @@ def discard(conn: Connection, command_id: UUID) -> None:
     conn.execute(
         delete(commands).where(commands.c.id == command_id, commands.c.status == "accepted")
     )
+
+
+def find_any(conn: Connection, command_id: UUID) -> StoredCommand | None:
+    return _stored(conn, commands.c.id == command_id)

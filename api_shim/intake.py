@@ -1,0 +1,129 @@
+"""Command intake (SPEC 4.2): durable record, publish, then wait for the outcome or not."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid4
+
+import structlog
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+
+from api_shim.outcomes import OutcomeListener
+from api_shim.problems import ApiProblem
+from schemas.api import InitiateOutboundRequest
+from schemas.commands import InitiateOutbound
+from schemas.errors import ErrorCode
+from worker import tasks
+from worker.store import commands
+from worker.store.commands import StoredCommand, request_hash
+
+logger = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Where a command stands, as far as the answer to the client is concerned."""
+
+    command_id: UUID
+    status: str
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("succeeded", "failed")
+
+
+def _status(stored: StoredCommand) -> Status:
+    return Status(stored.id, stored.status, stored.result, stored.error)
+
+
+@dataclass
+class Intake:
+    engine: Engine
+    listener: OutcomeListener
+    sync_wait_s: float
+
+    async def submit(
+        self,
+        workspace_id: UUID,
+        raw_body: Any,
+        request: InitiateOutboundRequest,
+        idempotency_key: str | None,
+        wait: bool,
+    ) -> Status:
+        command = InitiateOutbound(command_id=uuid4(), workspace_id=workspace_id, request=request)
+        body_hash = request_hash(raw_body)
+        existing = await run_in_threadpool(self._record, command, idempotency_key, body_hash)
+        if existing is not None and existing.request_hash != body_hash:
+            raise ApiProblem(
+                ErrorCode.IDEMPOTENCY_KEY_REUSED,
+                "This Idempotency-Key was used with another body.",
+                commandId=str(existing.id),
+            )
+        if existing is not None and (existing.finished or not wait):
+            return _status(existing)
+        command_id = existing.id if existing is not None else command.command_id
+        outcome = self.listener.expect(command_id) if wait else None
+        try:
+            if existing is None:
+                await self._publish(command)
+            elif (now := await self.current(command_id)).finished:
+                return now  # finished between our read and our subscription
+            if outcome is None:
+                return Status(command_id, "accepted")
+            return await self._await(command_id, outcome)
+        finally:
+            if outcome is not None:
+                self.listener.forget(command_id, outcome)
+
+    def _record(
+        self, command: InitiateOutbound, key: str | None, body_hash: str
+    ) -> StoredCommand | None:
+        with self.engine.begin() as conn:
+            if key is None:
+                commands.record(conn, command, body_hash=body_hash)
+                return None
+            return commands.record_idempotent(conn, command, key, body_hash)
+
+    async def _publish(self, command: InitiateOutbound) -> None:
+        """Publishes the recorded command; on failure takes the record back (503, safe to retry)."""
+        try:
+            await run_in_threadpool(tasks.publish, command)
+        except Exception:
+            logger.warning("intake.publish_failed", command_id=str(command.command_id))
+            await run_in_threadpool(self._discard, command.command_id)
+            raise ApiProblem(
+                ErrorCode.SERVICE_UNAVAILABLE,
+                "The broker is unreachable; nothing was accepted. Retry later.",
+            ) from None
+
+    def _discard(self, command_id: UUID) -> None:
+        with self.engine.begin() as conn:
+            commands.discard(conn, command_id)
+
+    async def _await(self, command_id: UUID, outcome: asyncio.Future[dict[str, Any]]) -> Status:
+        try:
+            message = await asyncio.wait_for(asyncio.shield(outcome), timeout=self.sync_wait_s)
+        except TimeoutError:
+            return await self.current(command_id)
+        return Status(command_id, message["status"], message["result"], message["error"])
+
+    async def current(self, command_id: UUID) -> Status:
+        stored = await run_in_threadpool(self._find, command_id)
+        return _status(stored) if stored else Status(command_id, "accepted")
+
+    def _find(self, command_id: UUID) -> StoredCommand | None:
+        with self.engine.connect() as conn:
+            return commands.find_any(conn, command_id)
+
+    async def status_in(self, workspace_id: UUID, command_id: UUID) -> Status | None:
+        stored = await run_in_threadpool(self._find_in, workspace_id, command_id)
+        return _status(stored) if stored else None
+
+    def _find_in(self, workspace_id: UUID, command_id: UUID) -> StoredCommand | None:
+        with self.engine.connect() as conn:
+            return commands.find(conn, workspace_id, command_id)

@@ -1,0 +1,106 @@
+"""SPEC 4.1 / 4.2: initiate, and read a command's status."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from api_shim.body import parsed_body, request_body_doc
+from api_shim.deps import IntakeDep, WorkspaceId, parse_uuid, problem_responses
+from api_shim.intake import Status
+from api_shim.problems import ApiProblem, as_response
+from schemas.api import CommandStatus, InitiateOutboundRequest, InitiateOutboundResult
+from schemas.errors import REJECTIONS, ErrorCode
+
+router = APIRouter(prefix="/v1/workspaces/{workspaceId}/leadscout", tags=["outbound"])
+
+ACCEPTED_DOC = {
+    "description": "Accepted: still running (async mode, or the sync wait ran out).",
+    "content": {
+        "application/json": {
+            "example": {"commandId": "UUID", "status": "accepted", "statusUrl": "/v1/..."}
+        }
+    },
+}
+COMMON = (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN)
+
+
+@router.post(
+    "/outbound",
+    summary="Initiate an outbound conversation with a known lead",
+    response_model=InitiateOutboundResult,
+    responses={
+        202: ACCEPTED_DOC,
+        **problem_responses(
+            *COMMON,
+            ErrorCode.VALIDATION_ERROR,
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            ErrorCode.IDEMPOTENCY_KEY_REUSED,
+            ErrorCode.SERVICE_UNAVAILABLE,
+            *REJECTIONS,
+        ),
+    },
+    openapi_extra=request_body_doc(InitiateOutboundRequest),
+)
+async def initiate_outbound(
+    workspaceId: str,
+    request: Request,
+    workspace_id: WorkspaceId,
+    intake: IntakeDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+    prefer: Annotated[str | None, Header(alias="Prefer")] = None,
+) -> Response:
+    raw, body = await parsed_body(request, InitiateOutboundRequest)
+    respond_async = _prefers_async(prefer)
+    status = await intake.submit(workspace_id, raw, body, idempotency_key, wait=not respond_async)
+    return _answer(workspace_id, status, respond_async)
+
+
+def _prefers_async(prefer: str | None) -> bool:
+    tokens = (part.strip().split("=")[0].lower() for part in (prefer or "").split(","))
+    return "respond-async" in tokens
+
+
+def status_url(workspace_id: Any, command_id: Any) -> str:
+    return f"/v1/workspaces/{workspace_id}/leadscout/commands/{command_id}"
+
+
+def _answer(workspace_id: Any, status: Status, respond_async: bool) -> Response:
+    if not respond_async and status.finished:
+        if status.status == "succeeded":
+            return JSONResponse(status.result)
+        return as_response(status.error or {})
+    url = status_url(workspace_id, status.command_id)
+    headers = {"Location": url}
+    if respond_async:
+        headers["Preference-Applied"] = "respond-async"
+    body = {"commandId": str(status.command_id), "status": status.status, "statusUrl": url}
+    return JSONResponse(body, status_code=202, headers=headers)
+
+
+@router.get(
+    "/commands/{commandId}",
+    summary="A command's status and outcome",
+    response_model=CommandStatus,
+    responses=problem_responses(*COMMON, ErrorCode.COMMAND_NOT_FOUND),
+)
+async def get_command(
+    workspaceId: str,
+    commandId: str,
+    workspace_id: WorkspaceId,
+    intake: IntakeDep,
+) -> JSONResponse:
+    command_id = parse_uuid(commandId)
+    status = await intake.status_in(workspace_id, command_id) if command_id else None
+    if status is None:
+        raise ApiProblem(ErrorCode.COMMAND_NOT_FOUND, "No such command in this workspace.")
+    return JSONResponse(
+        {
+            "commandId": str(status.command_id),
+            "status": status.status,
+            "result": status.result,
+            "error": status.error,
+        }
+    )
