@@ -114,7 +114,7 @@ def _document(app: FastAPI) -> None:
 
 PROBLEM_SCHEMA = {
     "type": "object",
-    "description": "RFC 9457 problem details; extra members (e.g. blockingConversationId) vary by code.",
+    "description": "RFC 9457 problem details; extra members vary by code.",
     "required": ["type", "title", "status", "detail", "code"],
     "properties": {
         "type": {"type": "string"},

@@ -12,7 +12,9 @@ def start_postgres(data_dir: Path) -> tuple[Any, str]:
     import pgserver
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str(data_dir.resolve()), cleanup_mode="stop")
+    server = pgserver.get_server(  # type: ignore[attr-defined]
+        str(data_dir.resolve()), cleanup_mode="stop"
+    )
     return server, _postgres_url(str(data_dir.resolve()))
 
 

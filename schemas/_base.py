@@ -20,3 +20,9 @@ class WireModel(BaseModel):
     """A JSON object whose member names are written as they are (CloudEvents, WhatsApp)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CamelInput(CamelModel):
+    """A body a client sends: camelCase member names only, as the published schema says."""
+
+    model_config = ConfigDict(validate_by_name=False, validate_by_alias=True)

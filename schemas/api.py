@@ -8,7 +8,7 @@ from uuid import UUID
 
 from pydantic import Field, StrictBool, StrictStr
 
-from schemas._base import CamelModel
+from schemas._base import CamelInput, CamelModel
 
 MAX_ADDITIONAL_MESSAGES = 5
 MAX_TEXT_LENGTH = 4096
@@ -20,17 +20,17 @@ MimeType = Annotated[str, Field(min_length=3, max_length=255, pattern=r"^[\w.+-]
 Caption = Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]
 
 
-class TemplateRef(CamelModel):
+class TemplateRef(CamelInput):
     template_id: UUID
     parameters: list[StrictStr] = Field(default_factory=list, max_length=100)
 
 
-class TextMessage(CamelModel):
+class TextMessage(CamelInput):
     type: Literal["text"]
     text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_LENGTH)]
 
 
-class MediaMessage(CamelModel):
+class MediaMessage(CamelInput):
     type: Literal["media"]
     media_url: Url
     mime_type: MimeType
@@ -40,24 +40,24 @@ class MediaMessage(CamelModel):
 AdditionalMessage = Annotated[TextMessage | MediaMessage, Field(discriminator="type")]
 
 
-class ContextMedia(CamelModel):
+class ContextMedia(CamelInput):
     url: Url
     mime_type: MimeType
     caption: Caption | None = None
 
 
-class Context(CamelModel):
+class Context(CamelInput):
     notes: list[Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]] = Field(
         default_factory=list, max_length=100
     )
     media: list[ContextMedia] = Field(default_factory=list, max_length=100)
 
 
-class HandoffOverride(CamelModel):
+class HandoffOverride(CamelInput):
     user_id: UUID
 
 
-class InitiateOutboundRequest(CamelModel):
+class InitiateOutboundRequest(CamelInput):
     """Body of ``POST /v1/workspaces/{workspaceId}/leadscout/outbound``."""
 
     contact_id: UUID

@@ -7,18 +7,18 @@ from uuid import UUID
 
 from pydantic import Field, model_validator
 
-from schemas._base import CamelModel
+from schemas._base import CamelInput, CamelModel
 
 Name = Field(min_length=1, max_length=200)
 Phone = Field(min_length=3, max_length=32)
 
 
-class CatalogBrand(CamelModel):
+class CatalogBrand(CamelInput):
     id: UUID
     name: str = Name
 
 
-class CatalogUser(CamelModel):
+class CatalogUser(CamelInput):
     id: UUID
     name: str = Name
     email: str | None = Field(default=None, max_length=320)
@@ -26,14 +26,14 @@ class CatalogUser(CamelModel):
     active: bool
 
 
-class CatalogAgent(CamelModel):
+class CatalogAgent(CamelInput):
     id: UUID
     name: str = Name
     kind: Literal["prospection", "support"]
     active: bool
 
 
-class CatalogChannel(CamelModel):
+class CatalogChannel(CamelInput):
     id: UUID
     type: Literal["whatsapp", "sms", "email"]
     phone_number: str = Phone
@@ -45,7 +45,7 @@ class CatalogChannel(CamelModel):
     priority: int
 
 
-class CatalogTemplate(CamelModel):
+class CatalogTemplate(CamelInput):
     id: UUID
     name: str = Field(min_length=1, max_length=512)
     language: str = Field(min_length=2, max_length=16)
@@ -55,7 +55,7 @@ class CatalogTemplate(CamelModel):
     brand_id: UUID | None = None
 
 
-class CatalogContact(CamelModel):
+class CatalogContact(CamelInput):
     id: UUID
     name: str = Name
     phone: str = Phone
@@ -63,7 +63,7 @@ class CatalogContact(CamelModel):
     opted_out: bool
 
 
-class CatalogFile(CamelModel):
+class CatalogFile(CamelInput):
     brands: list[CatalogBrand] = Field(default_factory=list)
     users: list[CatalogUser] = Field(default_factory=list)
     agents: list[CatalogAgent] = Field(default_factory=list)

@@ -44,7 +44,7 @@ class ErrorCode(StrEnum):
         return _STATUS[self]
 
     @property
-    def title(self) -> str:
+    def human_title(self) -> str:
         return _TITLES.get(self, _split_camel(self.value))
 
 
@@ -99,7 +99,7 @@ def problem_body(code: ErrorCode, detail: str, **extra: Any) -> dict[str, Any]:
     """An RFC 9457 problem object; extra members go at the top level."""
     return {
         "type": PROBLEM_TYPE_BASE + code.value,
-        "title": code.title,
+        "title": code.human_title,
         "status": code.status,
         "detail": detail,
         "code": code.value,
@@ -114,7 +114,7 @@ class Problem(Exception):
     default_detail: ClassVar[str] = ""
 
     def __init__(self, detail: str | None = None, **extra: Any) -> None:
-        self.detail = detail or self.default_detail or self.code.title
+        self.detail = detail or self.default_detail or self.code.human_title
         self.extra = extra
         super().__init__(self.detail)
 

@@ -6,8 +6,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import model_serializer
-from pydantic.functional_serializers import SerializerFunctionWrapHandler
+from pydantic import SerializerFunctionWrapHandler, model_serializer
 
 from schemas._base import CamelModel, WireModel
 from schemas.errors import ErrorCode
@@ -92,7 +91,7 @@ class ClosedData(CamelModel):
 class _Envelope(WireModel):
     specversion: Literal["1.0"] = "1.0"
     id: UUID
-    source: Literal["leadscout-outbound"] = EVENT_SOURCE
+    source: Literal["leadscout-outbound"] = "leadscout-outbound"
     time: datetime
     subject: str
     datacontenttype: Literal["application/json"] = "application/json"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
-_PLACEHOLDER = re.compile(r"\{\{\s*(\d+)\s*\}\}")
+_PLACEHOLDER = re.compile(r"\{\{\s*([1-9][0-9]*)\s*\}\}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ OUTCOME_CHANNEL_PREFIX = "leadscout:outcome:"
 RETRYABLE = (OperationalError, RedisError, LockWaitTimeout, handlers.SelectionContention)
 
 
-@app.task(
+@app.task(  # type: ignore[untyped-decorator]  # celery ships no type hints
     name="leadscout.initiate_outbound",
     autoretry_for=RETRYABLE,
     retry_backoff=0.2,

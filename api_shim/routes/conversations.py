@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from api_shim.body import parsed_body, request_body_doc
 from api_shim.deps import EngineDep, WorkspaceId, parse_uuid, problem_responses
 from api_shim.problems import ApiProblem
-from schemas._base import CamelModel
+from schemas._base import CamelInput
 from schemas.errors import ErrorCode
 from worker import lifecycle
 
@@ -22,7 +22,7 @@ router = APIRouter(
 COMMON = (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN, ErrorCode.CONVERSATION_NOT_FOUND)
 
 
-class HandoffRequest(CamelModel):
+class HandoffRequest(CamelInput):
     user_id: UUID
 
 

@@ -358,6 +358,15 @@ class TestHandoffUser:
             **ready.request(handoffOverride={"userId": str(foreign)}),
         )
 
+    def test_active_admin_user_is_accepted(self, ready: Ready) -> None:
+        admin = ready.w.user(role="admin")
+
+        outcome = ready.w.initiate(**ready.request(handoffOverride={"userId": str(admin)}))
+
+        assert outcome.status == "succeeded"
+        assert outcome.result is not None
+        assert outcome.result["conversation"]["assignedUserId"] == str(admin)
+
     def test_inactive_user_is_rejected(self, ready: Ready) -> None:
         user = ready.w.user(active=False)
 

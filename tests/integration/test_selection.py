@@ -128,6 +128,13 @@ def fail(w: World, code: str, status: int, **request: Any) -> dict[str, Any]:
     assert _written_rows(w.engine) == before
     event_type, payload = event_of(w.engine, outcome.command_id)
     assert (event_type, payload["data"]["code"]) == (REJECTED, code)
+    with w.engine.connect() as conn:
+        command = conn.execute(
+            select(commands.c.status, commands.c.error_code, commands.c.error).where(
+                commands.c.id == outcome.command_id
+            )
+        ).one()
+    assert tuple(command) == ("failed", code, outcome.error)
     return outcome.error
 
 
@@ -333,9 +340,7 @@ def occupied_pair(shop: Shop) -> tuple[UUID, UUID, str]:
 class TestExplicitChannelOccupied:
     """An explicit channel busy with the contact answers 409 unless forceSend reuses it."""
 
-    def test_occupied_explicit_channel_answers_active_conversation_exists(
-        self, shop: Shop
-    ) -> None:
+    def test_occupied_explicit_channel_answers_active_conversation_exists(self, shop: Shop) -> None:
         user = shop.w.user()
         channel = shop.channel()
         blocking = shop.open_on(
@@ -416,7 +421,7 @@ class TestAutoSelectionOccupied:
     def test_moves_to_the_next_free_channel(
         self, shop: Shop, occupied_pair: tuple[UUID, UUID, str]
     ) -> None:
-        a, b, busy = occupied_pair
+        _, b, busy = occupied_pair
 
         result = succeed(shop.w, **shop.request())
 
@@ -496,13 +501,20 @@ class TestReuse:
         assert [(r.position, r.content, r.status) for r in rows] == [
             (i, texts[i - 1], "pending") for i in range(1, 6)
         ]
-        assert [UUID(again["commandId"]) == r.command_id for r in rows] == [
-            False,
-            False,
-            True,
-            True,
-            True,
-        ]
+        by = {first["commandId"]: "first", again["commandId"]: "again"}
+        assert [by[str(r.command_id)] for r in rows] == ["first"] * 2 + ["again"] * 3
+
+    def test_reuse_keeps_created_at_and_moves_updated_at(self, shop: Shop) -> None:
+        channel = shop.channel()
+        first = succeed(shop.w, **shop.request(providerChannelId=channel))
+
+        again = succeed(shop.w, **shop.request(providerChannelId=channel, forceSend=True))
+
+        assert again["conversation"]["createdAt"] == first["conversation"]["createdAt"]
+        assert datetime.fromisoformat(again["conversation"]["updatedAt"]) > (
+            datetime.fromisoformat(first["conversation"]["updatedAt"])
+        )
+        assert again["conversation"]["status"] == "active"
 
     def test_reuse_without_follow_ups_counts_zero(self, shop: Shop) -> None:
         channel = shop.channel()
@@ -542,14 +554,17 @@ class TestReuse:
     def test_reuse_on_the_auto_path_uses_the_first_candidate(self, shop: Shop) -> None:
         a, b = shop.channel(priority=0), shop.channel(priority=1)
         on_a = shop.open_on(a)
-        shop.open_on(b)
+        on_b = shop.open_on(b)
         set_conversation(shop.engine, on_a, control="human")
 
         result = succeed(shop.w, **shop.request(forceSend=True))
 
+        assert result["conversation"]["id"] == on_b
         assert result["conversation"]["channelId"] == str(b)
         assert result["alreadyInitiated"] is True
         assert conversation(shop.engine, on_a).control == "human"
+        assert len(template_messages(shop.engine, on_b)) == 2
+        assert len(template_messages(shop.engine, on_a)) == 1
 
     def test_handoff_override_sets_the_assigned_user(self, shop: Shop) -> None:
         first_user, second_user = shop.w.user(), shop.w.user()
@@ -578,9 +593,7 @@ class TestReuse:
         assert again["conversation"]["assignedUserId"] == str(user)
         assert conversation(shop.engine, conversation_id).assigned_user_id == user
 
-    def test_present_campaign_context_and_opt_in_replace_the_stored_ones(
-        self, shop: Shop
-    ) -> None:
+    def test_present_campaign_context_and_opt_in_replace_the_stored_ones(self, shop: Shop) -> None:
         channel = shop.channel()
         conversation_id = shop.open_on(
             channel, campaignId="old", context={"notes": ["old"]}, optIn={"v": 1}
@@ -606,14 +619,10 @@ class TestReuse:
         self, shop: Shop, how: str
     ) -> None:
         channel = shop.channel()
-        conversation_id = shop.open_on(
-            channel, campaignId="old", context=CONTEXT, optIn=OPT_IN
-        )
+        conversation_id = shop.open_on(channel, campaignId="old", context=CONTEXT, optIn=OPT_IN)
         nulls = {"campaignId": None, "context": None, "optIn": None} if how == "null" else {}
 
-        again = succeed(
-            shop.w, **shop.request(providerChannelId=channel, forceSend=True, **nulls)
-        )
+        again = succeed(shop.w, **shop.request(providerChannelId=channel, forceSend=True, **nulls))
 
         row = conversation(shop.engine, conversation_id)
         assert (row.campaign_id, row.context, row.opt_in) == ("old", CONTEXT, OPT_IN)
@@ -642,9 +651,7 @@ class TestDailyQuota:
         channel = shop.channel(dailyLimit=2)
         shop.use_quota(channel, 2)
 
-        fail(
-            shop.w, "ChannelDailyLimitReached", 429, **shop.request(providerChannelId=channel)
-        )
+        fail(shop.w, "ChannelDailyLimitReached", 429, **shop.request(providerChannelId=channel))
 
     def test_explicit_channel_at_its_limit_answers_429_even_with_force_send(
         self, shop: Shop
@@ -662,9 +669,7 @@ class TestDailyQuota:
     def test_channel_with_zero_limit_never_opens(self, shop: Shop) -> None:
         channel = shop.channel(dailyLimit=0)
 
-        fail(
-            shop.w, "ChannelDailyLimitReached", 429, **shop.request(providerChannelId=channel)
-        )
+        fail(shop.w, "ChannelDailyLimitReached", 429, **shop.request(providerChannelId=channel))
 
     @pytest.mark.parametrize("force_send", [False, True])
     def test_auto_selection_with_every_channel_at_its_limit_answers_429(
@@ -730,9 +735,7 @@ class TestDailyQuota:
         channel = shop.channel(dailyLimit=1)
         close(shop.engine, shop.open_on(channel, shop.w.contact(phone="+5215500000044")))
 
-        fail(
-            shop.w, "ChannelDailyLimitReached", 429, **shop.request(providerChannelId=channel)
-        )
+        fail(shop.w, "ChannelDailyLimitReached", 429, **shop.request(providerChannelId=channel))
 
     def test_conversations_older_than_24_hours_do_not_count(self, shop: Shop) -> None:
         channel = shop.channel(dailyLimit=1)
@@ -872,14 +875,6 @@ class TestTemplateRendering:
         [message] = template_messages(shop.engine, result["conversation"]["id"])
         assert message.body == "Hola Luis, tu cita es el lunes"
 
-    @pytest.mark.xfail(
-        reason=(
-            "BUG: worker/model.py Template.render() indexes parameters[int(k) - 1], so a "
-            "literal {{0}} (n=0, passes check 3 with []) raises IndexError inside the handler "
-            "instead of a success or a business rejection"
-        ),
-        strict=True,
-    )
     def test_template_with_literal_zero_braces_is_sent(self, shop: Shop) -> None:
         shop.channel()
         template = shop.w.template(body="Tu código es {{0}}")
@@ -1020,9 +1015,7 @@ class TestConversationCreatedEvent:
             None,
         )
 
-    def test_message_omits_components_for_a_template_without_placeholders(
-        self, shop: Shop
-    ) -> None:
+    def test_message_omits_components_for_a_template_without_placeholders(self, shop: Shop) -> None:
         shop.channel()
         template = shop.w.template(body="Hola, somos Acme")
 

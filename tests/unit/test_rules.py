@@ -423,22 +423,8 @@ class TestRender:
 
         assert rendered == r"Hola {{2}} \1 $0, soy Ana de Acme"
 
-    @pytest.mark.xfail(
-        reason=(
-            "BUG: worker/model.py _PLACEHOLDER matches {{0}}; placeholder_count ignores it "
-            "(n=0) but render() indexes parameters[-1], so with [] it raises IndexError"
-        ),
-        strict=True,
-    )
     def test_zero_is_not_a_placeholder_and_renders_literally(self) -> None:
         assert template("Tu código es {{0}}").render([]) == "Tu código es {{0}}"
 
-    @pytest.mark.xfail(
-        reason=(
-            "BUG: worker/model.py render() maps {{0}} to parameters[-1], silently sending "
-            "the last parameter where the template has the literal text {{0}}"
-        ),
-        strict=True,
-    )
     def test_zero_placeholder_does_not_take_the_last_parameter(self) -> None:
         assert template("{{0}} y {{1}}").render(["Luis"]) == "{{0}} y Luis"

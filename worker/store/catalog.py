@@ -107,13 +107,13 @@ def _upsert(
 ) -> dict[str, int]:
     if not rows:
         return {"inserted": 0, "updated": 0}
-    stmt = insert(table).values(rows)
+    new = insert(table).values(rows)
     updatable = [c.name for c in table.columns if c.name not in ("id", "workspace_id")]
-    stmt = stmt.on_conflict_do_update(
+    stmt = new.on_conflict_do_update(
         index_elements=[table.c.id],
-        set_={name: stmt.excluded[name] for name in updatable},
+        set_={name: new.excluded[name] for name in updatable},
         # An id owned by another workspace is left alone, and so missing from RETURNING.
-        where=table.c.workspace_id == stmt.excluded.workspace_id,
+        where=table.c.workspace_id == new.excluded.workspace_id,
     ).returning(table.c.id, literal_column("xmax = 0").label("inserted"))
     try:
         returned = conn.execute(stmt).all()

@@ -16,8 +16,8 @@ class StaleFence(Exception):
 
 def issue(engine: Engine, channel_id: UUID) -> int:
     """Bumps and returns the channel's token, in its own committed transaction."""
-    stmt = insert(channel_fences).values(channel_id=channel_id, token=1)
-    stmt = stmt.on_conflict_do_update(
+    new = insert(channel_fences).values(channel_id=channel_id, token=1)
+    stmt = new.on_conflict_do_update(
         index_elements=[channel_fences.c.channel_id],
         set_={"token": channel_fences.c.token + 1},
     ).returning(channel_fences.c.token)

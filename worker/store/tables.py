@@ -26,6 +26,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.sql.schema import SchemaItem
 
 # Python None must be SQL NULL, not JSON 'null', for IS NULL checks to mean "absent".
 NullableJSONB = JSONB(none_as_null=True)
@@ -71,7 +72,7 @@ api_keys = Table(
 )
 
 
-def _catalog_table(name: str, *columns: Column[object], **kw: object) -> Table:
+def _catalog_table(name: str, *columns: SchemaItem) -> Table:
     """A catalog table: global UUID id, owned by one workspace.
 
     ``UNIQUE (workspace_id, id)`` lets other tables reference a row *within the
@@ -84,7 +85,6 @@ def _catalog_table(name: str, *columns: Column[object], **kw: object) -> Table:
         _workspace_id(),
         *columns,
         UniqueConstraint("workspace_id", "id"),
-        **kw,
     )
 
 
