@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -72,6 +73,7 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        structlog.contextvars.clear_contextvars()  # keep-alive requests share a context
         started, status = time.perf_counter(), 500
 
         async def remember_status(message: Message) -> None:

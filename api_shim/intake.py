@@ -56,6 +56,9 @@ class Intake:
         wait: bool,
     ) -> Status:
         command = InitiateOutbound(command_id=uuid4(), workspace_id=workspace_id, request=request)
+        structlog.contextvars.bind_contextvars(
+            command_id=str(command.command_id), workspace_id=str(workspace_id)
+        )
         body_hash = request_hash(raw_body)
         existing = await run_in_threadpool(self._record, command, idempotency_key, body_hash)
         if existing is not None and existing.request_hash != body_hash:

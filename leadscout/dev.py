@@ -64,7 +64,8 @@ def run(settings: Settings, host: str, port: int) -> None:
         **os.environ,
         "LEADSCOUT_DATABASE_URL": stack.database_url,
         "LEADSCOUT_REDIS_URL": stack.redis_url,
-        "LEADSCOUT_LOG_FORMAT": settings.log_format,
+        # Console logs in dev unless the user asked for a format explicitly.
+        "LEADSCOUT_LOG_FORMAT": os.environ.get("LEADSCOUT_LOG_FORMAT", "console"),
     }
     commands = [
         ["api", "--host", host, "--port", str(port)],
