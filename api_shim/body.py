@@ -18,14 +18,35 @@ async def parsed_body(request: Request, model: type[M]) -> tuple[Any, M]:
     """(the parsed JSON, the validated model); 422 ValidationError on either failing."""
     raw = await request.body()
     try:
-        data = json.loads(raw) if raw else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(raw, parse_constant=_refuse_constant) if raw else None
+        _storable(data)
+    except (ValueError, RecursionError) as exc:
         raise _invalid([{"loc": ["body"], "msg": f"Invalid JSON: {exc}"}]) from None
     try:
         return data, model.model_validate(data)
     except ValidationError as exc:
         errors = [{**e, "loc": ["body", *e["loc"]]} for e in exc.errors()]
         raise _invalid(validation_errors(errors)) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _storable(data: Any) -> None:
+    """PostgreSQL's jsonb holds neither NUL characters nor lone surrogates: refuse them here."""
+    pending = [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("strings must not contain NUL (\\u0000)")
+            item.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
 
 
 def _invalid(errors: list[dict[str, Any]]) -> ApiProblem:

@@ -7,7 +7,7 @@ from uuid import UUID
 
 from pydantic import Field, model_validator
 
-from schemas._base import CamelInput, CamelModel
+from schemas._base import CamelInput
 
 Name = Field(min_length=1, max_length=200)
 Phone = Field(min_length=3, max_length=32)

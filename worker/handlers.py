@@ -132,8 +132,11 @@ def _state(conn: Connection, command: InitiateOutbound, eligible: Eligible) -> C
 
 def reject(conn: Connection, command: InitiateOutbound, rejection: Rejection) -> Outcome:
     """Invariant 5: a rejection writes only the outcome and its event."""
-    outcome = Outcome(command.command_id, "failed", error=rejection.as_problem())
-    outbox.add(conn, rejection_event(command, rejection.code), command.command_id)
+    event = rejection_event(command, rejection.code)
+    outcome = Outcome(
+        command.command_id, "failed", error=rejection.as_problem(), event_ids=(event.id,)
+    )
+    outbox.add(conn, event, command.command_id)
     commands.finish(conn, outcome)
     metrics.COMMANDS.labels(outcome=rejection.code.value).inc()
     logger.info("initiation.rejected", code=rejection.code.value)
@@ -157,12 +160,9 @@ def write(
     contents = [m.model_dump(mode="json", exclude_unset=True) for m in request.follow_ups]
     conversation_store.append_follow_ups(conn, conversation["id"], contents, command.command_id)
     result = _result(command, eligible, conversation, rendered, isinstance(decision, Reuse))
-    outbox.add(
-        conn,
-        initiation_event(command, eligible, conversation, previous_control),
-        command.command_id,
-    )
-    outcome = Outcome(command.command_id, "succeeded", result=result)
+    event = initiation_event(command, eligible, conversation, previous_control)
+    outbox.add(conn, event, command.command_id)
+    outcome = Outcome(command.command_id, "succeeded", result=result, event_ids=(event.id,))
     commands.finish(conn, outcome)
     metrics.COMMANDS.labels(outcome="reused" if previous_control else "created").inc()
     logger.info(

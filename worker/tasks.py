@@ -9,8 +9,9 @@ import structlog
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 
+from leadscout.settings import get_settings
 from schemas.commands import InitiateOutbound
-from worker import handlers
+from worker import handlers, relay
 from worker.celery_app import app
 from worker.locks import LockWaitTimeout
 from worker.runtime import handler_deps, redis_client
@@ -43,6 +44,7 @@ def initiate_outbound(command: dict[str, Any]) -> None:
             logger.error("initiation.unknown_command")
             return
         announce(outcome)
+        _send_events_now(outcome)
 
 
 def announce(outcome: Outcome) -> None:
@@ -54,6 +56,15 @@ def announce(outcome: Outcome) -> None:
         )
     except RedisError:
         logger.warning("initiation.announce_failed")
+
+
+def _send_events_now(outcome: Outcome) -> None:
+    """Fast path: the relay would send these too, only later."""
+    stream = get_settings().events_stream
+    try:
+        relay.publish_now(handler_deps().engine, redis_client(), stream, outcome.event_ids)
+    except (OperationalError, RedisError):
+        logger.warning("initiation.fast_path_failed")
 
 
 def publish(command: InitiateOutbound) -> None:

@@ -23,6 +23,8 @@ class Outcome:
     status: Finished
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    # The outbox events this processing wrote (none when it was a redelivery).
+    event_ids: tuple[UUID, ...] = ()
 
 
 def request_hash(body: dict[str, Any]) -> str:
