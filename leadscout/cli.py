@@ -105,6 +105,7 @@ def worker(
     app = use_broker(resolved_urls()[1])
     app.worker_main(
         [
+            "--quiet",
             "worker",
             "--loglevel=WARNING",
             f"--concurrency={concurrency}",

@@ -116,7 +116,7 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
     try:
         while not stop["now"]:
             for child in children:
-                if child.poll() is not None:
+                if child.poll() is not None and not stop["now"]:
                     print(
                         f"leadscout: {child.args[3:]} exited ({child.returncode})", file=sys.stderr
                     )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import urllib.parse
+import warnings
 from pathlib import Path
 from typing import Any
 
 
 def start_postgres(data_dir: Path) -> tuple[Any, str]:
     """Starts (or joins) a PostgreSQL server with its data in ``data_dir``."""
+    # pgserver asks platformdirs for a runtime dir that containers often lack; harmless.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     import pgserver
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
