@@ -31,8 +31,20 @@ def problem_response(
     )
 
 
+PROBLEM_ORDER = ("type", "title", "status", "detail", "code")
+
+
+def in_order(problem: dict[str, Any]) -> dict[str, Any]:
+    """The RFC 9457 members first, then the extras: the same bytes whether the problem
+    comes fresh from a worker or back from jsonb, which keeps its own key order."""
+    head = {name: problem[name] for name in PROBLEM_ORDER if name in problem}
+    return {**head, **dict(sorted((k, v) for k, v in problem.items() if k not in head))}
+
+
 def as_response(problem: dict[str, Any]) -> JSONResponse:
-    return JSONResponse(problem, status_code=int(problem["status"]), media_type=PROBLEM_JSON)
+    return JSONResponse(
+        in_order(problem), status_code=int(problem["status"]), media_type=PROBLEM_JSON
+    )
 
 
 class ApiProblem(Problem):

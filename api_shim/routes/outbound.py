@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from api_shim.body import parsed_body, request_body_doc
 from api_shim.deps import IntakeDep, WorkspaceId, parse_uuid, problem_responses
 from api_shim.intake import Status
-from api_shim.problems import ApiProblem, as_response
+from api_shim.problems import ApiProblem, as_response, in_order
 from schemas.api import CommandStatus, InitiateOutboundRequest, InitiateOutboundResult
 from schemas.errors import REJECTIONS, ErrorCode
 
@@ -58,6 +58,11 @@ async def initiate_outbound(
     return _answer(workspace_id, status, respond_async)
 
 
+def in_spec_order(result: Any) -> dict[str, Any]:
+    """SPEC 4.1's member order, whether the result came from a worker or back from jsonb."""
+    return InitiateOutboundResult.model_validate(result).model_dump(mode="json")
+
+
 def _prefers_async(prefer: str | None) -> bool:
     tokens = (part.strip().split("=")[0].lower() for part in (prefer or "").split(","))
     return "respond-async" in tokens
@@ -70,7 +75,7 @@ def status_url(workspace_id: Any, command_id: Any) -> str:
 def _answer(workspace_id: Any, status: Status, respond_async: bool) -> Response:
     if not respond_async and status.finished:
         if status.status == "succeeded":
-            return JSONResponse(status.result)
+            return JSONResponse(in_spec_order(status.result))
         return as_response(status.error or {})
     url = status_url(workspace_id, status.command_id)
     headers = {"Location": url}
@@ -100,7 +105,7 @@ async def get_command(
         {
             "commandId": str(status.command_id),
             "status": status.status,
-            "result": status.result,
-            "error": status.error,
+            "result": in_spec_order(status.result) if status.result else None,
+            "error": in_order(status.error) if status.error else None,
         }
     )
