@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -21,9 +22,9 @@ import pytest
 from redis import Redis
 from sqlalchemy import Engine
 
+from leadscout.embedded import start_redis
 from tests.e2e.support import STREAM, Api, Catalog, minimal_catalog
 from tests.processes import running, service_env, wait_until
-from tests.servers import redis_server
 from tests.world import World
 from worker.store import workspaces
 
@@ -128,7 +129,9 @@ def workerless_api_url(database_url: str, tmp_path_factory) -> Iterator[str]:
     """
     port = free_port()
     log = Path(tmp_path_factory.mktemp("e2e-workerless")) / "api.log"
-    with redis_server() as lonely_redis:
+    # Always an embedded Redis: LEADSCOUT_TEST_REDIS_URL would be the workers' own broker.
+    with tempfile.TemporaryDirectory(prefix="lsredis", dir="/tmp") as tmp:
+        lonely_server, lonely_redis = start_redis(Path(tmp))
         env = service_env(database_url, lonely_redis, LEADSCOUT_SYNC_WAIT_S="0.5")
         with running(["api", "--host", "127.0.0.1", "--port", str(port)], env, log) as process:
             url = f"http://127.0.0.1:{port}"
@@ -142,6 +145,7 @@ def workerless_api_url(database_url: str, tmp_path_factory) -> Iterator[str]:
 
             wait_until(ready, START_TIMEOUT_S, "the workerless API's /readyz to answer 200")
             yield url
+        lonely_server.shutdown()
 
 
 @pytest.fixture
