@@ -18,7 +18,7 @@ from schemas.commands import InitiateOutbound
 from schemas.errors import ErrorCode
 from worker import tasks
 from worker.store import commands
-from worker.store.commands import StoredCommand, request_hash
+from worker.store.commands import FINISHED, StoredCommand, request_hash
 
 logger = structlog.get_logger(__name__)
 
@@ -34,7 +34,7 @@ class Status:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("succeeded", "failed")
+        return self.status in FINISHED
 
 
 def _status(stored: StoredCommand) -> Status:

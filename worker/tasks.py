@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 from redis.exceptions import RedisError
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from leadscout.settings import get_settings
@@ -38,13 +39,14 @@ def initiate_outbound(command: dict[str, Any]) -> None:
     with structlog.contextvars.bound_contextvars(
         command_id=str(parsed.command_id), workspace_id=str(parsed.workspace_id)
     ):
+        deps = handler_deps()
         try:
-            outcome = handlers.initiate_outbound(parsed, handler_deps())
+            outcome = handlers.initiate_outbound(parsed, deps)
         except UnknownCommand:
             logger.error("initiation.unknown_command")
             return
         announce(outcome)
-        _send_events_now(outcome)
+        _send_events_now(deps.engine, outcome)
 
 
 def announce(outcome: Outcome) -> None:
@@ -58,11 +60,11 @@ def announce(outcome: Outcome) -> None:
         logger.warning("initiation.announce_failed")
 
 
-def _send_events_now(outcome: Outcome) -> None:
+def _send_events_now(engine: Engine, outcome: Outcome) -> None:
     """Fast path: the relay would send these too, only later."""
     stream = get_settings().events_stream
     try:
-        relay.publish_now(handler_deps().engine, redis_client(), stream, outcome.event_ids)
+        relay.publish_now(engine, redis_client(), stream, outcome.event_ids)
     except (OperationalError, RedisError):
         logger.warning("initiation.fast_path_failed")
 

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from api_shim.body import parsed_body, request_body_doc
 from api_shim.deps import EngineDep, WorkspaceId, parse_uuid, problem_responses
 from api_shim.problems import ApiProblem
+from schemas import errors
 from schemas._base import CamelInput
 from schemas.errors import ErrorCode
 from worker import lifecycle
@@ -69,7 +70,7 @@ async def hand_off(
     conversation_id = _conversation_id(conversationId)
     current = await run_in_threadpool(_find, engine, workspace_id, conversation_id)
     if current["status"] == "closed":
-        raise ApiProblem(ErrorCode.CONVERSATION_CLOSED, "The conversation is closed.")
+        raise errors.ConversationClosed()  # before the body check: SPEC 4.4's order
     _, body = await parsed_body(request, HandoffRequest)
     return await run_in_threadpool(_hand_off, engine, workspace_id, conversation_id, body.user_id)
 

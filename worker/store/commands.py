@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from uuid import UUID
 
 from sqlalchemy import Connection, delete, func, insert, select, text, update
@@ -15,6 +15,7 @@ from schemas.commands import InitiateOutbound
 from worker.store.tables import commands
 
 Finished = Literal["succeeded", "failed"]
+FINISHED: tuple[Finished, ...] = ("succeeded", "failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,17 +42,24 @@ def record(
     body_hash: str | None = None,
     batch_id: UUID | None = None,
 ) -> None:
+    conn.execute(insert(commands).values(_row(command, idempotency_key, body_hash, batch_id)))
+
+
+def _row(
+    command: InitiateOutbound,
+    idempotency_key: str | None,
+    body_hash: str | None,
+    batch_id: UUID | None = None,
+) -> dict[str, Any]:
     payload = command.model_dump(mode="json")
-    conn.execute(
-        insert(commands).values(
-            id=command.command_id,
-            workspace_id=command.workspace_id,
-            idempotency_key=idempotency_key,
-            request_hash=body_hash or request_hash(payload["request"]),
-            payload=payload,
-            batch_id=batch_id,
-        )
-    )
+    return {
+        "id": command.command_id,
+        "workspace_id": command.workspace_id,
+        "idempotency_key": idempotency_key,
+        "request_hash": body_hash or request_hash(payload["request"]),
+        "payload": payload,
+        "batch_id": batch_id,
+    }
 
 
 def mark_processing(conn: Connection, command_id: UUID) -> Outcome | None:
@@ -73,15 +81,12 @@ def claim(conn: Connection, command_id: UUID) -> Outcome | None:
 
 
 def _outcome(conn: Connection, command_id: UUID, *, lock: bool) -> Outcome | None:
-    query = select(commands.c.status, commands.c.result, commands.c.error).where(
-        commands.c.id == command_id
-    )
-    row = conn.execute(query.with_for_update() if lock else query).one_or_none()
-    if row is None:
+    stored = _stored(conn, commands.c.id == command_id, lock=lock)
+    if stored is None:
         raise UnknownCommand(command_id)
-    if row.status not in ("succeeded", "failed"):
+    if not stored.finished:
         return None
-    return Outcome(command_id, row.status, row.result, row.error)
+    return Outcome(command_id, cast(Finished, stored.status), stored.result, stored.error)
 
 
 def finish(conn: Connection, outcome: Outcome) -> None:
@@ -113,19 +118,18 @@ class StoredCommand:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("succeeded", "failed")
+        return self.status in FINISHED
 
 
-def _stored(conn: Connection, *where: Any) -> StoredCommand | None:
-    row = conn.execute(
-        select(
-            commands.c.id,
-            commands.c.status,
-            commands.c.request_hash,
-            commands.c.result,
-            commands.c.error,
-        ).where(*where)
-    ).one_or_none()
+def _stored(conn: Connection, *where: Any, lock: bool = False) -> StoredCommand | None:
+    query = select(
+        commands.c.id,
+        commands.c.status,
+        commands.c.request_hash,
+        commands.c.result,
+        commands.c.error,
+    ).where(*where)
+    row = conn.execute(query.with_for_update() if lock else query).one_or_none()
     return StoredCommand(*row) if row is not None else None
 
 
@@ -144,16 +148,9 @@ def record_idempotent(
     A racing twin blocks on the unique index until the first commits, then sees it.
     A key older than the 24 h window is released and the new command takes it.
     """
-    payload = command.model_dump(mode="json")
     stmt = (
         pg_insert(commands)
-        .values(
-            id=command.command_id,
-            workspace_id=command.workspace_id,
-            idempotency_key=idempotency_key,
-            request_hash=body_hash,
-            payload=payload,
-        )
+        .values(_row(command, idempotency_key, body_hash))
         .on_conflict_do_nothing(
             index_elements=[commands.c.workspace_id, commands.c.idempotency_key],
             index_where=commands.c.idempotency_key.is_not(None),
