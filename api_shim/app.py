@@ -16,7 +16,7 @@ from api_shim.guard import GuardMiddleware, KeyCache
 from api_shim.intake import Intake
 from api_shim.outcomes import OutcomeListener
 from api_shim.routes import conversations, operations, outbound
-from leadscout.settings import get_settings
+from core.settings import get_settings
 from schemas.api import InitiateOutboundRequest
 from worker import metrics
 from worker.celery_app import use_broker

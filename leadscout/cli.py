@@ -11,8 +11,8 @@ from uuid import UUID
 import typer
 from pydantic import ValidationError
 
-from leadscout import logs
-from leadscout.settings import ConfigurationError, get_settings
+from core import logs
+from core.settings import ConfigurationError, get_settings
 
 cli = typer.Typer(
     help="LeadScout Outbound: AI-initiated WhatsApp conversations.", no_args_is_help=True

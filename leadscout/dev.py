@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from core.embedded import start_postgres, start_redis
+from core.settings import Settings
 from leadscout.demo import DEMO_CATALOG, DEMO_CONTACT_ID, DEMO_TEMPLATE_ID
-from leadscout.embedded import start_postgres, start_redis
-from leadscout.settings import Settings
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from leadscout.embedded import start_postgres, start_redis
+from core.embedded import start_postgres, start_redis
 from worker.store.db import sqlalchemy_url
 
 

@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.exc import SQLAlchemyError
 
-from leadscout.settings import get_settings
+from core.settings import get_settings
 from worker import metrics
 from worker.store.db import get_engine
 from worker.store.tables import outbox

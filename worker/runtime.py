@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from redis import Redis
 
-from leadscout.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 from worker.handlers import Deps
 from worker.locks import ChannelLocks
 from worker.store import fences
@@ -19,7 +19,7 @@ _embedded: list[object] = []
 def database_url(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url
-    from leadscout.embedded import start_postgres
+    from core.embedded import start_postgres
 
     server, url = start_postgres(settings.data_dir / "pg")
     _embedded.append(server)
@@ -29,7 +29,7 @@ def database_url(settings: Settings) -> str:
 def redis_url(settings: Settings) -> str:
     if settings.redis_url:
         return settings.redis_url
-    from leadscout.embedded import start_redis
+    from core.embedded import start_redis
 
     server, url = start_redis(settings.data_dir / "redis")
     _embedded.append(server)

@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from leadscout.settings import get_settings
+from core.settings import get_settings
 from schemas.commands import InitiateOutbound
 from worker import handlers, relay
 from worker.celery_app import app

@@ -22,7 +22,7 @@ import pytest
 from redis import Redis
 from sqlalchemy import Engine
 
-from leadscout.embedded import start_redis
+from core.embedded import start_redis
 from tests.e2e.support import STREAM, Api, Catalog, minimal_catalog
 from tests.processes import running, service_env, wait_until
 from tests.world import World

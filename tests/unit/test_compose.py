@@ -17,8 +17,8 @@ from jsonschema import Draft202012Validator
 from ruamel.yaml import YAML
 from typer.testing import CliRunner
 
+from core.settings import Settings
 from leadscout.cli import cli
-from leadscout.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_IMAGE = "leadscout-outbound:dev"
