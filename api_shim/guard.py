@@ -22,10 +22,6 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 KEY_CACHE_S = 30.0
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class KeyCache:
     """API key → workspace, remembered briefly so each request needn't hit the database.
 
@@ -61,7 +57,15 @@ class GuardMiddleware:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        await self._within_size(scope, receive, send)
+        if _declared_length(scope) is None:
+            # A streamed body is read whole here, before any route looks at the request:
+            # SPEC 4.4 wants 413 before 404/409 even on routes that read the body late or never.
+            body = await _read_within_limit(receive)
+            if body is None:
+                await _too_large()(scope, receive, send)
+                return
+            receive = _replaying(body, receive)
+        await self.app(scope, receive, send)
 
     async def _refusal(self, scope: Scope) -> Any:
         headers = dict(scope["headers"])
@@ -73,34 +77,51 @@ class GuardMiddleware:
         if is_workspace_path and path_workspace != str(workspace_id):
             return problem_response(ErrorCode.FORBIDDEN, "The API key is not for this workspace.")
         scope.setdefault("state", {})["workspace_id"] = workspace_id
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        declared = _declared_length(scope)
+        if declared is not None and declared > MAX_BODY_BYTES:
             return _too_large()
         return None
 
-    async def _within_size(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Counts streamed bytes too: a chunked body has no Content-Length to trust."""
-        received = 0
-        started = False
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > MAX_BODY_BYTES:
-                raise BodyTooLarge
+def _declared_length(scope: Scope) -> int | None:
+    """The Content-Length the server framed the body by; None for a chunked body.
+
+    With Transfer-Encoding the server reads chunks and ignores any Content-Length.
+    """
+    headers = dict(scope["headers"])
+    declared = headers.get(b"content-length")
+    if b"transfer-encoding" in headers or declared is None or not declared.isdigit():
+        return None
+    return int(declared)
+
+
+async def _read_within_limit(receive: Receive) -> Message | None:
+    """The whole body as one message, or None as soon as it passes 8 MiB (the rest unread).
+
+    A disconnect is handed on as it came, so the app learns of it as it would have.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
             return message
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > MAX_BODY_BYTES:
+            return None
+        if not message.get("more_body", False):
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await _too_large()(scope, receive, send)
+def _replaying(first: Message, receive: Receive) -> Receive:
+    """``receive`` that hands out ``first``, then whatever the server sends next (a disconnect)."""
+    pending = [first]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
 
 
 def _too_large() -> Any:

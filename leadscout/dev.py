@@ -71,6 +71,7 @@ def run(settings: Settings, host: str, port: int) -> None:
         ["api", "--host", host, "--port", str(port)],
         ["worker", "--concurrency", "2"],
         ["relay"],
+        ["reporter"],
     ]
     children = [
         subprocess.Popen([sys.executable, "-m", "leadscout", *args], env=env) for args in commands

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from schemas._base import CamelModel
@@ -14,3 +15,11 @@ class InitiateOutbound(CamelModel):
     command_id: UUID
     workspace_id: UUID
     request: InitiateOutboundRequest
+
+    def to_message(self) -> dict[str, Any]:
+        """The command as JSON with its request as sent: members the client left out stay out.
+
+        Every place that stores or sends a command uses this form, so that parsing it again
+        (``model_validate``) and dumping with ``exclude_unset`` gives back what was sent.
+        """
+        return self.model_dump(mode="json", exclude_unset=True)

@@ -197,7 +197,21 @@ class ActiveConversationExists(Rejection):
 
 class AllProviderChannelsOccupied(Rejection):
     code = ErrorCode.ALL_PROVIDER_CHANNELS_OCCUPIED
-    default_detail = "Every eligible channel has an active conversation with this contact."
+    default_detail = "Every candidate channel has an active conversation with this contact."
+
+    @classmethod
+    def among(cls, blocking_ids: list[str], at_limit: int) -> AllProviderChannelsOccupied:
+        """The rejection naming the blocking conversations, and saying whether the free
+        candidates (``at_limit`` of them) were passed over for their daily limit."""
+        if not at_limit:
+            return cls(blockingConversationIds=blocking_ids)
+        occupied = len(blocking_ids)
+        detail = (
+            f"No candidate channel is free: {occupied} {'has' if occupied == 1 else 'have'} "
+            f"an active conversation with this contact and {at_limit} reached "
+            f"{'its' if at_limit == 1 else 'their'} daily limit."
+        )
+        return cls(detail, blockingConversationIds=blocking_ids)
 
 
 class ChannelDailyLimitReached(Rejection):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import SerializerFunctionWrapHandler, model_serializer
+from pydantic import ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from schemas._base import CamelModel, WireModel
 from schemas.errors import ErrorCode
@@ -15,35 +16,48 @@ EVENT_SOURCE = "leadscout-outbound"
 Control = Literal["ai", "human"]
 
 
-class TextParameter(WireModel):
+class _Published(WireModel):
+    """Members with fixed values are still required in the exported JSON Schema:
+    every event carries them, so a subscriber's generated code may rely on them."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+class TextParameter(_Published):
     type: Literal["text"] = "text"
     text: str
 
 
-class BodyComponent(WireModel):
+class BodyComponent(_Published):
     type: Literal["body"] = "body"
-    parameters: list[TextParameter]
+    parameters: list[TextParameter] = Field(min_length=1)
 
 
 class TemplateLanguage(WireModel):
     code: str
 
 
-class TemplatePayload(WireModel):
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+def _without_default(schema: dict[str, Any]) -> None:
+    schema.pop("default")  # null is never sent: the member is left out instead
+
+
+Components = Annotated[list[BodyComponent], Field(min_length=1)]
+
+
+class TemplatePayload(_Published):
     name: str
     language: TemplateLanguage
-    components: list[BodyComponent] | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_empty_components(self, handler: SerializerFunctionWrapHandler) -> Any:
-        # WhatsApp refuses a body component without parameters: drop the key entirely.
-        data = handler(self)
-        if data.get("components") is None:
-            data.pop("components", None)
-        return data
+    # WhatsApp refuses a body component without parameters: the key is left out entirely.
+    components: Components | SkipJsonSchema[None] = Field(
+        default=None, exclude_if=_is_none, json_schema_extra=_without_default
+    )
 
 
-class WhatsAppTemplateMessage(WireModel):
+class WhatsAppTemplateMessage(_Published):
     """The exact body a dispatcher POSTs to the WhatsApp Cloud API ``/messages``."""
 
     messaging_product: Literal["whatsapp"] = "whatsapp"
@@ -53,6 +67,8 @@ class WhatsAppTemplateMessage(WireModel):
 
 
 class InitiationData(CamelModel):
+    """What a created and a reused event both carry."""
+
     command_id: UUID
     conversation_id: UUID
     contact_id: UUID
@@ -65,6 +81,16 @@ class InitiationData(CamelModel):
     already_initiated: bool
     previous_control: Control | None
     message: WhatsAppTemplateMessage
+
+
+class CreatedData(InitiationData):
+    already_initiated: Literal[False]
+    previous_control: None
+
+
+class ReusedData(InitiationData):
+    already_initiated: Literal[True]
+    previous_control: Control
 
 
 class RejectionData(CamelModel):
@@ -88,7 +114,7 @@ class ClosedData(CamelModel):
     channel_id: UUID
 
 
-class _Envelope(WireModel):
+class _Envelope(_Published):
     specversion: Literal["1.0"] = "1.0"
     id: UUID
     source: Literal["leadscout-outbound"] = "leadscout-outbound"
@@ -100,12 +126,12 @@ class _Envelope(WireModel):
 
 class ConversationCreated(_Envelope):
     type: Literal["leadscout.conversation.created"] = "leadscout.conversation.created"
-    data: InitiationData
+    data: CreatedData
 
 
 class ConversationReused(_Envelope):
     type: Literal["leadscout.conversation.reused"] = "leadscout.conversation.reused"
-    data: InitiationData
+    data: ReusedData
 
 
 class InitiationRejected(_Envelope):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal, cast
+from typing import Any, cast
 from uuid import uuid4
 
 from sqlalchemy import RowMapping
@@ -12,11 +12,13 @@ from schemas.commands import InitiateOutbound
 from schemas.errors import ErrorCode
 from schemas.events import (
     BodyComponent,
+    Control,
     ConversationCreated,
     ConversationReused,
-    InitiationData,
+    CreatedData,
     InitiationRejected,
     RejectionData,
+    ReusedData,
     TemplateLanguage,
     TemplatePayload,
     TextParameter,
@@ -52,20 +54,20 @@ def initiation_event(
     previous_control: str | None,
 ) -> ConversationCreated | ConversationReused:
     request = command.request
-    data = InitiationData(
-        command_id=command.command_id,
-        conversation_id=conversation["id"],
-        contact_id=request.contact_id,
-        channel_id=conversation["channel_id"],
-        agent_id=conversation["agent_id"],
-        brand_id=conversation["brand_id"],
-        campaign_id=request.campaign_id,
-        template_id=eligible.template.id,
-        follow_ups_count=len(request.follow_ups),
-        already_initiated=previous_control is not None,
-        previous_control=cast(Literal["ai", "human"] | None, previous_control),
-        message=whatsapp_message(eligible.contact, eligible.template, request.template.parameters),
-    )
+    data: dict[str, Any] = {
+        "command_id": command.command_id,
+        "conversation_id": conversation["id"],
+        "contact_id": request.contact_id,
+        "channel_id": conversation["channel_id"],
+        "agent_id": conversation["agent_id"],
+        "brand_id": conversation["brand_id"],
+        "campaign_id": request.campaign_id,
+        "template_id": eligible.template.id,
+        "follow_ups_count": len(request.follow_ups),
+        "message": whatsapp_message(
+            eligible.contact, eligible.template, request.template.parameters
+        ),
+    }
     envelope = {
         "id": uuid4(),
         "time": datetime.now(UTC),
@@ -73,8 +75,12 @@ def initiation_event(
         "workspaceid": command.workspace_id,
     }
     if previous_control is None:
-        return ConversationCreated(**envelope, data=data)
-    return ConversationReused(**envelope, data=data)
+        created = CreatedData(**data, already_initiated=False, previous_control=None)
+        return ConversationCreated(**envelope, data=created)
+    reused = ReusedData(
+        **data, already_initiated=True, previous_control=cast(Control, previous_control)
+    )
+    return ConversationReused(**envelope, data=reused)
 
 
 def rejection_event(command: InitiateOutbound, code: ErrorCode) -> InitiationRejected:

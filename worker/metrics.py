@@ -1,6 +1,6 @@
 """Prometheus metrics shared by every process."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 COMMANDS = Counter("leadscout_commands_total", "Commands finished, by outcome code.", ["outcome"])
 LOCK_WAIT = Histogram(
@@ -25,4 +25,15 @@ HTTP_REQUESTS = Counter(
 )
 HTTP_LATENCY = Histogram(
     "leadscout_http_request_seconds", "HTTP request latency by route.", ["method", "route"]
+)
+REPORTER_EVENTS = Counter(
+    "leadscout_reporter_events_total",
+    "Stream entries the reporter handled, by result: counted, duplicate (event id counted"
+    " before), ignored (an uncounted type, or no campaign), malformed (acknowledged, logged).",
+    ["result"],
+)
+REPORTER_LAG = Gauge(
+    "leadscout_reporter_lag",
+    "Stream entries the reporter's consumer group has not acknowledged: undelivered + pending.",
+    ["group"],
 )

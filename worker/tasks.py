@@ -71,4 +71,4 @@ def _send_events_now(engine: Engine, outcome: Outcome) -> None:
 
 def publish(command: InitiateOutbound) -> None:
     """Sends the command to the workers; its row must be committed before this."""
-    initiate_outbound.delay(command.model_dump(mode="json"))
+    initiate_outbound.delay(command.to_message())

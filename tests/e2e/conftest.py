@@ -36,6 +36,7 @@ class Stack:
     base_url: str
     processes: dict[str, subprocess.Popen[bytes]]
     logs: Path
+    worker_metrics_url: str
 
     def dead(self) -> dict[str, str]:
         """Name → log tail of every process that has exited."""
@@ -67,20 +68,25 @@ def free_port() -> int:
 def stack(
     database_url: str, redis_url: str, session_engine: Engine, tmp_path_factory
 ) -> Iterator[Stack]:
-    port = free_port()
+    port, worker_metrics_port = free_port(), free_port()
     logs = Path(tmp_path_factory.mktemp("e2e"))
     env = service_env(database_url, redis_url, LEADSCOUT_SYNC_WAIT_S="10")
+    # Only the worker serves metrics on a port of its own (the API has /metrics).
+    worker_env = env | {"LEADSCOUT_METRICS_PORT": str(worker_metrics_port)}
     commands = {
-        "api": ["api", "--host", "127.0.0.1", "--port", str(port)],
-        "worker": ["worker", "--concurrency", "2"],
-        "relay": ["relay"],
+        "api": (["api", "--host", "127.0.0.1", "--port", str(port)], env),
+        "worker": (["worker", "--concurrency", "2"], worker_env),
+        "relay": (["relay"], env),
+        "reporter": (["reporter"], env),
     }
     with ExitStack() as started:
         processes = {
-            name: started.enter_context(running(args, env, logs / f"{name}.log"))
-            for name, args in commands.items()
+            name: started.enter_context(running(args, process_env, logs / f"{name}.log"))
+            for name, (args, process_env) in commands.items()
         }
-        stack = Stack(f"http://127.0.0.1:{port}", processes, logs)
+        stack = Stack(
+            f"http://127.0.0.1:{port}", processes, logs, f"http://127.0.0.1:{worker_metrics_port}"
+        )
         _wait_ready(stack)
         _wait_worker_answers(stack, session_engine)
         yield stack

@@ -249,8 +249,9 @@ class TestRelayProcess:
         log = tmp_path / "relay.log"
         with relay_process(database_url, redis_url, log) as process:
             initiate(world, 3)
-            wait_until(lambda: redis.xlen(STREAM) == 3, 10, "3 events on the stream")
-            assert unpublished(engine) == 0
+            # The relay marks rows published only after its XADD: wait for the mark.
+            wait_until(lambda: unpublished(engine) == 0, 10, "3 rows marked published")
+            assert redis.xlen(STREAM) == 3
             started = time.monotonic()
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=5) == 0
@@ -270,8 +271,9 @@ class TestRelayProcess:
             wait_until(lambda: "relay.error" in log_events(log), 10, "a relay.error log line")
             assert unpublished(engine) == 2
             redis.delete(STREAM)
-            wait_until(lambda: redis.xlen(STREAM) == 2, 10, "2 events on the stream")
-            assert unpublished(engine) == 0
+            # The relay marks rows published only after its XADD: wait for the mark.
+            wait_until(lambda: unpublished(engine) == 0, 10, "both rows marked published")
+            assert redis.xlen(STREAM) == 2
             assert process.poll() is None
 
 
@@ -296,7 +298,7 @@ class TestEventsTail:
         created, rejected = (row.payload for row in outbox_rows(engine))
         log = tmp_path / "tail.log"
         env = service_env(database_url, redis_url)
-        with running(["events", "tail", "--from-start"], env, log) as process:
+        with running(["events", "tail", "--from-start"], env, log, interruptible=True) as process:
             wait_until(lambda: len(tail_lines(log)) >= 2, 30, "2 tail lines")
             process.send_signal(signal.SIGINT)
             assert process.wait(timeout=5) == 0
@@ -316,7 +318,8 @@ class TestEventsTail:
         initiate(world, 1)
         relay_batch(engine, redis, STREAM)
         log = tmp_path / "tail.log"
-        with running(["events", "tail"], service_env(database_url, redis_url), log) as process:
+        env = service_env(database_url, redis_url)
+        with running(["events", "tail"], env, log, interruptible=True) as process:
             wait_until(lambda: tailing_clients(redis) == 1, 30, "tail blocking on XREAD")
             insert_rejections(engine, world.workspace_id, 1)
             relay_batch(engine, redis, STREAM)

@@ -308,3 +308,28 @@ outbox = Table(
         postgresql_where=text("command_id IS NOT NULL"),
     ),
 )
+
+# The reporting subscriber's read model (SPEC 4.5), built from events only. One row per
+# (workspace, campaign, outcome, detail): ``detail`` is the channel id for created/reused and
+# the error code for rejected, so a campaign's stats are one primary-key range read. No
+# foreign keys: the counts follow the event stream, not the tables that produced it.
+campaign_stats = Table(
+    "campaign_stats",
+    metadata,
+    Column("workspace_id", UUID(as_uuid=True), primary_key=True),
+    Column("campaign_id", String(128), primary_key=True),
+    Column("outcome", String(16), primary_key=True),
+    Column("detail", String(64), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+    CheckConstraint("outcome IN ('created', 'reused', 'rejected')", name="outcome"),
+    CheckConstraint("n > 0", name="n"),
+)
+
+# Event ids already added to campaign_stats, written in the same transaction as the counts:
+# a redelivered or duplicated stream entry finds its id here and adds nothing.
+campaign_events_counted = Table(
+    "campaign_events_counted",
+    metadata,
+    Column("event_id", UUID(as_uuid=True), primary_key=True),
+    Column("counted_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
