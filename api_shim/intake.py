@@ -8,6 +8,8 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import structlog
+from kombu.exceptions import OperationalError as BrokerOperationalError
+from redis.exceptions import RedisError
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
@@ -21,6 +23,11 @@ from worker.store import commands
 from worker.store.commands import FINISHED, StoredCommand, request_hash
 
 logger = structlog.get_logger(__name__)
+
+# What publishing raises when the broker is unreachable: kombu's OperationalError once its
+# connection retries are spent (what ``delay`` raises with Redis down), redis-py's own error
+# on a path kombu does not wrap. Anything else is a bug, not an outage.
+BROKER_UNAVAILABLE = (BrokerOperationalError, RedisError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +100,16 @@ class Intake:
             return commands.record_idempotent(conn, command, key, body_hash)
 
     async def _publish(self, command: InitiateOutbound) -> None:
-        """Publishes the recorded command; on failure takes the record back (503, safe to retry)."""
+        """Publishes the recorded command; with the broker down, takes the record back (503).
+
+        Any other failure is a bug: it propagates (500) and the row stays. The message may
+        have left anyway, and the worker drops a command whose row is gone; a row stuck in
+        ``accepted`` can be found and replayed, a deleted one leaves no trace.
+        """
         try:
             await run_in_threadpool(tasks.publish, command)
-        except Exception:
-            logger.warning("intake.publish_failed", command_id=str(command.command_id))
+        except BROKER_UNAVAILABLE as exc:
+            logger.warning("intake.publish_failed", error=type(exc).__name__)
             await run_in_threadpool(self._discard, command.command_id)
             raise ApiProblem(
                 ErrorCode.SERVICE_UNAVAILABLE,

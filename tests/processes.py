@@ -26,16 +26,31 @@ def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, st
 
 
 @contextmanager
-def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Runs ``leadscout ARGS`` in its own process group; stops the whole group after."""
+def running(
+    args: list[str], env: dict[str, str], log: Path, *, interruptible: bool = False
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Runs ``leadscout ARGS`` in its own process group; stops the whole group after.
+
+    ``interruptible``: SIGINT acts as Ctrl-C in a terminal even when this runner ignores it
+    (a background job does, and children inherit an ignored signal across exec).
+    """
     with log.open("wb") as out:
         process = subprocess.Popen(
-            LEADSCOUT + args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            LEADSCOUT + args,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_default_sigint if interruptible else None,
         )
         try:
             yield process
         finally:
             _stop_group(process)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _stop_group(process: subprocess.Popen[bytes]) -> None:

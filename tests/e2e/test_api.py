@@ -12,8 +12,9 @@ from uuid import UUID, uuid4
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, func, select, text, update
 
+from tests.e2e.scrape import increase, samples, scrape
 from tests.e2e.support import (
     PROBLEM_JSON,
     RENDERED,
@@ -100,6 +101,12 @@ def in_parallel(times: int, send: Any) -> list[httpx.Response]:
         return list(pool.map(one, range(times)))
 
 
+def backdate_commands(engine: Engine, age: str) -> None:
+    """Moves every command's creation ``age`` (a PostgreSQL interval) into the past."""
+    with engine.begin() as conn:
+        conn.execute(update(commands).values(created_at=func.now() - text(f"interval '{age}'")))
+
+
 def poll_command(api: Api, status_url: str, timeout_s: float = 15) -> dict[str, Any]:
     """The command's status body once it is finished."""
     deadline = time.monotonic() + timeout_s
@@ -153,6 +160,8 @@ class TestInitiateSucceeds:
             conversation["channelId"],
             conversation["campaignId"],
         ) == (str(user), str(brand), str(channel), "spring-promo:2026.v1")
+        stored = api.conversation(conversation["id"]).json()
+        assert {key: stored[key] for key in conversation} == conversation
 
     def test_default_advisor_is_assigned_without_override(self, api, world):
         """Without handoffOverride the channel's defaultAdvisorId is the assigned user."""
@@ -162,6 +171,7 @@ class TestInitiateSucceeds:
         conversation = api.created(body(world.contact(), world.template()))["conversation"]
 
         assert conversation["assignedUserId"] == str(advisor)
+        assert api.conversation(conversation["id"]).json()["assignedUserId"] == str(advisor)
 
     def test_force_send_reuses_the_active_conversation(self, api, world, catalog, engine):
         """forceSend on an occupied explicit channel answers 200 with alreadyInitiated true."""
@@ -183,11 +193,14 @@ class TestInitiateSucceeds:
         assert answer["commandId"] != first["commandId"]
         assert (count(engine, conversations), count(engine, messages)) == (1, 2)
 
-    def test_force_send_without_an_active_conversation_opens_a_fresh_one(self, api, catalog):
+    def test_force_send_without_an_active_conversation_opens_a_fresh_one(
+        self, api, world, catalog, engine
+    ):
         """forceSend with nothing to reuse simply opens a conversation."""
         answer = api.created(body(catalog.contact, catalog.template, forceSend=True))
 
-        assert answer["alreadyInitiated"] is False
+        assert answer == expected_result(world, catalog, answer, follow_ups=0, reused=False)
+        assert (count(engine, conversations), count(engine, messages)) == (1, 1)
 
 
 class TestPreflightRejections:
@@ -361,15 +374,18 @@ class TestPreflightRejections:
         assert first["channelId"] == str(catalog.channel) != second["channelId"]
         assert problem["blockingConversationIds"] == [second["id"], first["id"]]
 
-    def test_channel_daily_limit_reached_on_an_explicit_channel(self, api, world, catalog):
-        """A fresh conversation on an explicit channel at its limit answers 429."""
+    def test_channel_daily_limit_reached_on_an_explicit_channel(self, api, world, catalog, engine):
+        """A fresh conversation on an explicit channel at its limit answers 429 naming it."""
         channel = world.channel(world.agent(), dailyLimit=0)
 
-        assert_problem(
+        problem = assert_problem(
             api.initiate(body(catalog.contact, catalog.template, providerChannelId=channel)),
             429,
             "ChannelDailyLimitReached",
         )
+
+        assert problem["channelId"] == str(channel)
+        assert count(engine, conversations) == 0
 
     def test_channel_daily_limit_reached_when_auto_selecting(self, api, world):
         """No candidate with quota left and none occupied answers 429."""
@@ -407,12 +423,15 @@ class TestOccupancyAndQuota:
             first["conversation"]["id"],
         )
 
-    def test_force_send_never_opens_past_the_limit(self, api, world, catalog):
+    def test_force_send_never_opens_past_the_limit(self, api, world, catalog, engine):
         """forceSend with nothing to reuse on a channel at its limit answers 429."""
         channel = world.channel(catalog.agent, dailyLimit=0)
         request = body(catalog.contact, catalog.template, providerChannelId=channel, forceSend=True)
 
-        assert_problem(api.initiate(request), 429, "ChannelDailyLimitReached")
+        problem = assert_problem(api.initiate(request), 429, "ChannelDailyLimitReached")
+
+        assert problem["channelId"] == str(channel)
+        assert count(engine, conversations) == 0
 
     def test_a_closed_conversation_still_counts_against_the_limit(self, api, world, catalog):
         """Fresh conversations of the last 24 h count even when closed since."""
@@ -461,22 +480,30 @@ class TestOccupancyAndQuota:
         """A reuse gives control back to the agent and keeps the assigned user."""
         user = world.user()
         conversation_id = api.created(body(catalog.contact, catalog.template))["conversation"]["id"]
-        api.handoff(conversation_id, {"userId": str(user)})
+        assert api.handoff(conversation_id, {"userId": str(user)}).json()["control"] == "human"
 
         reused = api.created(body(catalog.contact, catalog.template, forceSend=True))
 
         conversation = reused["conversation"]
-        assert (conversation["control"], conversation["assignedUserId"]) == ("ai", str(user))
+        assert (conversation["id"], conversation["control"], conversation["assignedUserId"]) == (
+            conversation_id,
+            "ai",
+            str(user),
+        )
 
     def test_reuse_with_override_reassigns(self, api, world, catalog):
         """A reuse with handoffOverride assigns that user."""
-        api.created(body(catalog.contact, catalog.template))
+        first = api.created(body(catalog.contact, catalog.template))["conversation"]
         user = world.user()
         request = body(
             catalog.contact, catalog.template, forceSend=True, handoffOverride={"userId": str(user)}
         )
 
-        assert api.created(request)["conversation"]["assignedUserId"] == str(user)
+        answer = api.created(request)
+
+        assert (answer["alreadyInitiated"], answer["conversation"]["id"]) == (True, first["id"])
+        assert answer["conversation"]["assignedUserId"] == str(user)
+        assert api.conversation(first["id"]).json()["assignedUserId"] == str(user)
 
 
 AUTHED_PATHS = [
@@ -616,10 +643,13 @@ class TestBodyValidation:
         assert count(engine, commands) == 0
 
     def test_opt_in_accepts_any_object(self, api, catalog):
-        """Unknown members inside optIn are not refused."""
-        request = body(catalog.contact, catalog.template, optIn={"anything": {"goes": [1]}})
+        """Unknown members inside optIn are accepted and stored exactly as sent."""
+        opt_in = {"anything": {"goes": [1, -2.5, "x", None, True]}, "": {}, "Ünïcode": []}
+        request = body(catalog.contact, catalog.template, optIn=opt_in)
 
-        assert api.initiate(request).status_code == 200
+        created = api.created(request)["conversation"]
+
+        assert api.conversation(created["id"]).json()["optIn"] == opt_in
 
     def test_idempotency_key_longer_than_255_characters(self, api, catalog, engine):
         """An Idempotency-Key over 255 characters answers 422 ValidationError."""
@@ -627,7 +657,8 @@ class TestBodyValidation:
             body(catalog.contact, catalog.template), headers={"Idempotency-Key": "k" * 256}
         )
 
-        assert_problem(response, 422, "ValidationError")
+        problem = assert_problem(response, 422, "ValidationError")
+        assert [error["loc"] for error in problem["errors"]] == [["header", "Idempotency-Key"]]
         assert count(engine, commands) == 0
 
 
@@ -703,7 +734,11 @@ class TestPayloadTooLarge:
             headers=api.headers(**{"Content-Type": "application/json"}),
         )
 
-        assert_problem(response, 422, "ValidationError")
+        problem = assert_problem(response, 422, "ValidationError")
+        assert [error["loc"] for error in problem["errors"]] == [
+            ["body", "contactId"],
+            ["body", "template"],
+        ]
 
 
 class TestRoutes:
@@ -761,9 +796,18 @@ class TestAsyncMode:
 
         assert response.status_code == 202, response.text
         final = poll_command(api, response.json()["statusUrl"])
-        assert (final["status"], final["result"]) == ("failed", None)
-        assert (final["error"]["status"], final["error"]["code"]) == (404, "TemplateNotFound")
-        assert set(final["error"]) >= {"type", "title", "status", "detail", "code"}
+        assert (final["commandId"], final["status"], final["result"]) == (
+            response.json()["commandId"],
+            "failed",
+            None,
+        )
+        error = final["error"]
+        assert set(error) == {"type", "title", "status", "detail", "code"}
+        assert (error["type"], error["status"], error["code"]) == (
+            "https://leadscout.dev/problems/TemplateNotFound",
+            404,
+            "TemplateNotFound",
+        )
 
     def test_respond_async_among_other_preferences(self, api, catalog):
         """respond-async is honoured inside a list of preferences."""
@@ -771,8 +815,10 @@ class TestAsyncMode:
             body(catalog.contact, catalog.template), headers={"Prefer": "wait=5, respond-async"}
         )
 
-        assert response.status_code == 202
+        assert response.status_code == 202, response.text
         assert response.headers["preference-applied"] == "respond-async"
+        assert response.json()["status"] == "accepted"
+        assert poll_command(api, response.json()["statusUrl"])["status"] == "succeeded"
 
     def test_status_of_a_sync_command_carries_its_200_body(self, api, catalog):
         """GET command after a sync 200 answers succeeded with that exact body as result."""
@@ -804,12 +850,14 @@ class TestAsyncMode:
             "error": problem,
         }
 
-    def test_sync_answer_has_no_preference_applied(self, api, catalog):
-        """The default sync answer carries no Preference-Applied header."""
+    def test_sync_answer_has_no_preference_applied(self, api, world, catalog):
+        """The default sync answer is the 200 body, with no Preference-Applied header."""
         response = api.initiate(body(catalog.contact, catalog.template))
 
-        assert response.status_code == 200
+        assert response.status_code == 200, response.text
         assert "preference-applied" not in response.headers
+        answer = response.json()
+        assert answer == expected_result(world, catalog, answer, follow_ups=0, reused=False)
 
     def test_command_of_another_workspace_is_not_found(self, api, other_api, catalog):
         """Another workspace cannot read a command: 404 CommandNotFound."""
@@ -929,6 +977,10 @@ class TestIdempotency:
 
         assert (first.status_code, second.status_code) == (200, 200)
         assert first.json()["commandId"] != second.json()["commandId"]
+        assert (
+            first.json()["conversation"]["workspaceId"],
+            second.json()["conversation"]["workspaceId"],
+        ) == (str(api.world.workspace_id), str(other_api.world.workspace_id))
 
     def test_async_replay_gets_the_same_command(self, api, catalog, engine):
         """Two async requests with one key both answer 202 with the same commandId."""
@@ -952,6 +1004,43 @@ class TestIdempotency:
         assert len({a.json()["commandId"] for a in answers}) == 1
         assert len({a.content for a in answers}) == 1
         assert (count(engine, commands), count(engine, conversations)) == (1, 1)
+
+    def test_a_key_older_than_24_hours_is_taken_by_a_new_command(self, api, catalog, engine):
+        """Past the window the same key and body run again; the old command keeps its outcome."""
+        request = body(catalog.contact, catalog.template, forceSend=True)
+        first = api.initiate(request, headers=KEY)
+        backdate_commands(engine, "24 hours 1 second")
+
+        second = api.initiate(request, headers=KEY)
+        third = api.initiate(request, headers=KEY)
+
+        assert (first.status_code, second.status_code, third.status_code) == (200, 200, 200)
+        old, new = first.json(), second.json()
+        assert new["commandId"] != old["commandId"]
+        assert (new["alreadyInitiated"], new["conversation"]["id"]) == (
+            True,
+            old["conversation"]["id"],
+        )
+        assert third.json() == new
+        assert api.get(f"/commands/{old['commandId']}").json() == {
+            "commandId": old["commandId"],
+            "status": "succeeded",
+            "result": old,
+            "error": None,
+        }
+        assert (count(engine, commands), count(engine, messages)) == (2, 2)
+
+    def test_a_key_just_inside_the_window_replays_the_command(self, api, catalog, engine):
+        """A key used 23 h 59 min ago still answers its command's outcome, done once."""
+        request = body(catalog.contact, catalog.template, forceSend=True)
+        first = api.initiate(request, headers=KEY)
+        backdate_commands(engine, "23 hours 59 minutes")
+
+        second = api.initiate(request, headers=KEY)
+
+        assert (first.status_code, second.status_code) == (200, 200)
+        assert second.json() == first.json()
+        assert (count(engine, commands), count(engine, messages)) == (1, 1)
 
 
 class TestConcurrentInitiations:
@@ -1149,6 +1238,12 @@ class TestHandoff:
         response = api.handoff(conversation["id"], {"userId": str(world.user())})
 
         assert_problem(response, 409, "ConversationClosed")
+        stored = api.conversation(conversation["id"]).json()
+        assert (stored["status"], stored["control"], stored["assignedUserId"]) == (
+            "closed",
+            "ai",
+            None,
+        )
 
     def test_closed_is_checked_before_the_body(self, api, conversation):
         """A closed conversation with a malformed body answers 409, not 422."""
@@ -1196,6 +1291,8 @@ class TestHandoff:
         response = api.handoff(conversation["id"], {"userId": str(other_world.user())})
 
         assert_problem(response, 404, "HandoffUserNotFound")
+        stored = api.conversation(conversation["id"]).json()
+        assert (stored["control"], stored["assignedUserId"]) == ("ai", None)
 
     def test_inactive_user(self, api, world, conversation):
         """An inactive user answers 422 HandoffUserInactive and changes nothing."""
@@ -1237,6 +1334,7 @@ class TestClose:
             "ai",
         )
         assert len(detail["messages"]) == 1
+        assert api.conversation(created["id"]).json() == detail
 
     def test_closing_again_changes_nothing_and_emits_nothing(self, api, catalog, engine):
         """A second close answers the same 200 and writes no outbox row."""
@@ -1298,26 +1396,34 @@ class TestOperations:
     """Health, readiness, metrics and the OpenAPI document need no key."""
 
     def test_healthz(self, client):
-        """/healthz answers 200."""
-        assert client.get("/healthz").status_code == 200
+        """/healthz answers 200 {"status": "ok"}."""
+        response = client.get("/healthz")
+
+        assert (response.status_code, response.json()) == (200, {"status": "ok"})
 
     def test_readyz(self, client):
-        """/readyz answers 200 while PostgreSQL and Redis are reachable."""
+        """/readyz answers 200 with both checks passed while PostgreSQL and Redis are reachable."""
         response = client.get("/readyz")
 
-        assert response.status_code == 200
-        assert response.json()["status"] == "ready"
+        assert (response.status_code, response.json()) == (
+            200,
+            {"status": "ready", "checks": {"postgres": True, "redis": True}},
+        )
 
-    def test_metrics(self, api, catalog, client):
-        """/metrics is Prometheus text with request and command counters."""
-        api.created(body(catalog.contact, catalog.template))
+    def test_metrics_count_requests_by_route_template_and_status(self, api, client):
+        """/metrics counts each request once under its route template, method and status."""
+        route = "/v1/workspaces/{workspaceId}/leadscout/conversations/{conversationId}"
+        labels = frozenset({("method", "GET"), ("route", route), ("status", "404")})
+        metrics_url = f"{client.base_url}/metrics"
+        before = samples(scrape(metrics_url), "leadscout_http_requests_total")
+        for _ in range(3):
+            assert_problem(api.conversation(str(uuid4())), 404, "ConversationNotFound")
 
-        response = client.get("/metrics")
+        after = samples(scrape(metrics_url), "leadscout_http_requests_total")
 
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/plain")
-        assert "leadscout_http_requests_total{" in response.text
-        assert "leadscout_commands_total" in response.text
+        # The first scrape itself is the only other request in between.
+        metrics_route = frozenset({("method", "GET"), ("route", "/metrics"), ("status", "200")})
+        assert increase(before, after) == {labels: 3.0, metrics_route: 1.0}
 
     def test_docs(self, client):
         """/docs answers 200 HTML without a key."""

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
+import pytest
 from sqlalchemy import Engine, func, select
 from structlog.testing import capture_logs
 
 from schemas.commands import InitiateOutbound
+from tests.processes import wait_until
 from tests.world import World, body, make_deps
 from worker import handlers
 from worker.handlers import Deps
@@ -21,25 +25,85 @@ from worker.store import fences
 from worker.store.commands import Outcome
 from worker.store.tables import channel_fences, conversations, messages, outbox
 
+JOIN_TIMEOUT_S = 120
 
-def run_at_once(jobs: list[Callable[[], Outcome]]) -> list[Outcome]:
-    """Runs every job in its own thread, all released by one barrier."""
+
+def run_at_once(
+    jobs: list[Callable[[], Outcome]], timeout_s: float = JOIN_TIMEOUT_S
+) -> list[Outcome]:
+    """Runs every job in its own thread, all released by one barrier; their outcomes in order.
+
+    A job that raised fails the test with its own exception; a job still running after
+    ``timeout_s`` fails it naming the job and showing where it hangs.
+    """
     barrier = threading.Barrier(len(jobs))
-    results: list[Any] = [None] * len(jobs)
+    outcomes: dict[int, Outcome] = {}
+    failures: dict[int, BaseException] = {}
 
     def run(index: int) -> None:
-        barrier.wait()
+        barrier.wait(timeout=timeout_s)
         try:
-            results[index] = jobs[index]()
-        except Exception as exc:
-            results[index] = exc
+            outcomes[index] = jobs[index]()
+        except BaseException as exc:
+            failures[index] = exc
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    threads = [
+        threading.Thread(target=run, args=(i,), name=f"job {i}", daemon=True)
+        for i in range(len(jobs))
+    ]
     for thread in threads:
         thread.start()
+    _join_all(threads, timeout_s)
+    if failures:
+        index = min(failures)
+        raise AssertionError(f"job {index} of {len(jobs)} raised") from failures[index]
+    return [outcomes[i] for i in range(len(jobs))]
+
+
+def _join_all(threads: list[threading.Thread], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
     for thread in threads:
-        thread.join(timeout=120)
-    return results
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    if hung := [t for t in threads if t.is_alive()]:
+        pytest.fail(
+            f"{len(hung)} job(s) still running after {timeout_s}s; {hung[0].name} is at:\n"
+            + "".join(traceback.format_stack(sys._current_frames()[hung[0].ident])),
+            pytrace=False,
+        )
+
+
+class TestRunAtOnce:
+    """The helper returns outcomes in job order and fails loudly on a raising or hung job."""
+
+    def test_outcomes_come_back_in_job_order(self):
+        jobs = [lambda n=n: Outcome(UUID(int=n), "succeeded") for n in range(5)]
+
+        assert [o.command_id.int for o in run_at_once(jobs)] == [0, 1, 2, 3, 4]
+
+    def test_a_raising_job_fails_with_its_own_exception(self):
+        def broken() -> Outcome:
+            raise KeyError("boom")
+
+        with pytest.raises(AssertionError, match="job 1 of 2 raised") as failed:
+            run_at_once([lambda: Outcome(UUID(int=0), "succeeded"), broken])
+
+        assert isinstance(failed.value.__cause__, KeyError)
+
+    def test_a_hung_job_fails_naming_it_and_where_it_waits(self):
+        release = threading.Event()
+
+        def hang() -> Outcome:
+            release.wait(30)
+            return Outcome(UUID(int=1), "succeeded")
+
+        try:
+            with pytest.raises(pytest.fail.Exception) as failed:
+                run_at_once([lambda: Outcome(UUID(int=0), "succeeded"), hang], timeout_s=0.5)
+        finally:
+            release.set()
+
+        assert "1 job(s) still running after 0.5s; job 1 is at:" in str(failed.value)
+        assert "in hang" in str(failed.value)
 
 
 def count(engine: Engine, table: Any, *where: Any) -> int:
@@ -175,12 +239,16 @@ class TestStalledLockHolder:
         with capture_logs() as logs:
             stalled.start()
             assert acquired.wait(10)
-            time.sleep(ttl_ms / 1000 * 2)  # the stalled holder's lock has expired by now
+            lock_key = f"leadscout:lock:channel:{channel}"
+            wait_until(
+                lambda: not redis.exists(lock_key), 10, "the stalled holder's lock to expire"
+            )
             prompt_outcome = handlers.initiate_outbound(
                 prompt, make_deps(engine, redis, ttl_ms=ttl_ms)
             )
             resume.set()
             stalled.join(30)
+            assert not stalled.is_alive(), "the stalled holder never finished"
 
         assert prompt_outcome.status == "succeeded"
         conversation_id = prompt_outcome.result["conversation"]["id"]
