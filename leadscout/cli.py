@@ -9,13 +9,15 @@ from typing import Annotated
 from uuid import UUID
 
 import typer
-from pydantic import ValidationError
 
 from core import logs
 from core.settings import ConfigurationError, get_settings
 
 cli = typer.Typer(
-    help="LeadScout Outbound: AI-initiated WhatsApp conversations.", no_args_is_help=True
+    help="LeadScout Outbound: AI-initiated WhatsApp conversations.",
+    no_args_is_help=True,
+    # A traceback's local variables may hold API keys or a catalog file's rows.
+    pretty_exceptions_show_locals=False,
 )
 workspace_cli = typer.Typer(help="Manage workspaces.", no_args_is_help=True)
 catalog_cli = typer.Typer(help="Manage a workspace's catalog.", no_args_is_help=True)
@@ -66,31 +68,46 @@ def catalog_import(
     workspace: Annotated[UUID, typer.Option("--workspace", help="Workspace id.")],
 ) -> None:
     """Upsert a catalog file into a workspace, all or nothing; print counts as JSON."""
-    from schemas.catalog import CatalogFile
+    from worker.store.catalog import CatalogImportError
+
+    try:
+        counts = _import_catalog(file, workspace)
+    except OSError as exc:
+        raise _fail(f"cannot read {file}: {exc.strerror or type(exc).__name__}") from None
+    except CatalogImportError as exc:
+        raise _fail(f"{file}: {exc}; nothing imported") from None
+    except Exception as exc:
+        # Never a traceback: its statements, parameters and locals would print the file's data.
+        raise _fail(f"{file}: {_failure(exc)}; nothing imported") from None
+    _print_json(counts)
+
+
+def _import_catalog(file: Path, workspace: UUID) -> dict[str, dict[str, int]]:
+    from worker.catalog_file import read_catalog
+    from worker.runtime import database_url
     from worker.store import catalog
     from worker.store.db import get_engine
     from worker.store.tables import workspaces
 
-    try:
-        parsed = CatalogFile.model_validate_json(file.read_bytes())
-    except OSError as exc:
-        raise _fail(f"cannot read {file}: {exc.strerror}") from None
-    except ValidationError as exc:
-        raise _fail(f"{file}: {_first_error(exc)}") from None
-    with get_engine(_database_url()).begin() as conn:
+    # database_url alone: an import needs no Redis, so none is started.
+    with file.open("rb") as fp, get_engine(database_url(get_settings())).begin() as conn:
         if conn.execute(workspaces.select().where(workspaces.c.id == workspace)).first() is None:
-            raise _fail(f"workspace {workspace} does not exist")
-        try:
-            counts = catalog.import_file(conn, workspace, parsed)
-        except catalog.CatalogImportError as exc:
-            raise _fail(f"{file}: {exc}; nothing imported") from None
-    _print_json(counts)
+            raise catalog.CatalogImportError(f"workspace {workspace} does not exist")
+        return catalog.import_rows(conn, workspace, read_catalog(fp))
 
 
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    location = ".".join(str(part) for part in error["loc"]) or "file"
-    return f"{location}: {error['msg']}; nothing imported"
+def _failure(exc: Exception) -> str:
+    """What failed, without the message's detail: it may quote the file's data."""
+    import psycopg
+    from sqlalchemy.exc import DBAPIError
+
+    error = exc.orig if isinstance(exc, DBAPIError) else exc
+    if not isinstance(error, psycopg.Error):
+        return f"unexpected {type(error).__name__}"
+    if error.sqlstate is None:  # raised by the client (connection, protocol): quotes no data
+        return f"database error: {(str(error) or type(error).__name__).splitlines()[0]}"
+    constraint = f", constraint {error.diag.constraint_name}" if error.diag.constraint_name else ""
+    return f"database error: {type(error).__name__} (SQLSTATE {error.sqlstate}{constraint})"
 
 
 @cli.command()
@@ -99,10 +116,18 @@ def worker(
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
 ) -> None:
     """Run a Celery worker that processes initiation commands."""
+    from worker import pool_metrics
+
+    metrics_port = get_settings().metrics_port
+    if metrics_port is not None:
+        # First: prometheus-client picks multiprocess mode when the metrics are imported.
+        pool_metrics.share_between_processes()
     from worker.celery_app import use_broker
     from worker.runtime import resolved_urls
 
     app = use_broker(resolved_urls()[1])
+    if metrics_port is not None:
+        pool_metrics.serve(metrics_port)
     app.worker_main(
         [
             "--quiet",
@@ -137,6 +162,15 @@ def relay() -> None:
     from worker.runtime import resolved_urls
 
     outbox_relay.run_forever(*resolved_urls(), get_settings().events_stream)
+
+
+@cli.command()
+def reporter() -> None:
+    """Count events into campaign stats (a consumer group; several reporters may run at once)."""
+    from worker import reporter as stats_reporter
+    from worker.runtime import resolved_urls
+
+    stats_reporter.run_forever(*resolved_urls(), get_settings().events_stream)
 
 
 @events_cli.command("tail")

@@ -74,7 +74,10 @@ def run(settings: Settings, host: str, port: int) -> None:
         ["reporter"],
     ]
     children = [
-        subprocess.Popen([sys.executable, "-m", "leadscout", *args], env=env) for args in commands
+        subprocess.Popen(
+            [sys.executable, "-m", "leadscout", *args], env=_with_metrics_port(env, offset)
+        )
+        for offset, args in enumerate(commands)
     ]
     _announce(stack, host, port)
     try:
@@ -82,6 +85,17 @@ def run(settings: Settings, host: str, port: int) -> None:
     finally:
         _stop(children)
         del servers
+
+
+def _with_metrics_port(env: dict[str, str], offset: int) -> dict[str, str]:
+    """LEADSCOUT_METRICS_PORT=P gives the worker P+1, the relay P+2, the reporter P+3.
+
+    One port each: processes that share a host cannot share a listener.
+    """
+    base = env.get("LEADSCOUT_METRICS_PORT")
+    if not base or offset == 0:  # the API serves /metrics on its own port
+        return {k: v for k, v in env.items() if k != "LEADSCOUT_METRICS_PORT"}
+    return {**env, "LEADSCOUT_METRICS_PORT": str(int(base) + offset)}
 
 
 def _announce(stack: DevStack, host: str, port: int) -> None:
