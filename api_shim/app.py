@@ -8,16 +8,16 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
-from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api_shim import problems
+from api_shim import openapi, problems
 from api_shim.guard import GuardMiddleware, KeyCache
 from api_shim.intake import Intake
 from api_shim.outcomes import OutcomeListener
-from api_shim.routes import conversations, operations, outbound
+from api_shim.routes import campaigns, conversations, operations, outbound
+from api_shim.routes.operations import readiness_redis
 from core.settings import get_settings
-from schemas.api import InitiateOutboundRequest
+from schemas.api import BlockingConversation, InitiateOutboundRequest
 from worker import metrics
 from worker.celery_app import use_broker
 from worker.runtime import resolved_urls
@@ -36,7 +36,7 @@ def create_app() -> FastAPI:
         listener = OutcomeListener(redis_url)
         await listener.start()
         app.state.engine = engine
-        app.state.redis = Redis.from_url(redis_url)
+        app.state.redis = readiness_redis(redis_url)
         app.state.intake = Intake(engine, listener, settings.sync_wait_s)
         yield
         await listener.stop()
@@ -51,6 +51,7 @@ def create_app() -> FastAPI:
     problems.install(app)
     app.include_router(outbound.router)
     app.include_router(conversations.router)
+    app.include_router(campaigns.router)
     app.include_router(operations.router)
 
     def lookup(api_key: str):  # type: ignore[no-untyped-def]
@@ -59,7 +60,9 @@ def create_app() -> FastAPI:
 
     app.add_middleware(GuardMiddleware, keys=KeyCache(lookup))
     app.add_middleware(RequestMetrics)
-    _document(app)
+    openapi.install(
+        app, InitiateOutboundRequest, conversations.HandoffRequest, BlockingConversation
+    )
     return app
 
 
@@ -90,47 +93,3 @@ class RequestMetrics:
             metrics.HTTP_LATENCY.labels(scope["method"], route).observe(
                 time.perf_counter() - started
             )
-
-
-def _document(app: FastAPI) -> None:
-    """Adds the bodies the endpoints read themselves, and the problem schema, to OpenAPI."""
-    original = app.openapi
-
-    def openapi() -> dict:  # type: ignore[type-arg]
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = original()
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components["Problem"] = PROBLEM_SCHEMA
-        for model in (InitiateOutboundRequest, conversations.HandoffRequest):
-            model_schema = model.model_json_schema(
-                by_alias=True, ref_template="#/components/schemas/{model}"
-            )
-            components.update(model_schema.pop("$defs", {}))
-            components[model.__name__] = model_schema
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-PROBLEM_SCHEMA = {
-    "type": "object",
-    "description": "RFC 9457 problem details; extra members vary by code.",
-    "required": ["type", "title", "status", "detail", "code"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "code": {"type": "string"},
-        "errors": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {"loc": {"type": "array"}, "msg": {"type": "string"}},
-            },
-        },
-    },
-    "additionalProperties": True,
-}

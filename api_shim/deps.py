@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request, Security
+from fastapi.security import APIKeyHeader
 from sqlalchemy import Engine
 
 from api_shim.intake import Intake
+from api_shim.openapi import problem_responses as problem_responses  # its old home
+
+# The guard middleware checks the key before anything else; this only documents it.
+API_KEY = APIKeyHeader(
+    name="X-API-Key",
+    scheme_name="ApiKey",
+    description="The workspace's API key.",
+    auto_error=False,
+)
 
 
-def _workspace_id(request: Request) -> UUID:
+def _workspace_id(request: Request, _key: Annotated[str | None, Security(API_KEY)]) -> UUID:
     workspace_id: UUID = request.scope["state"]["workspace_id"]
     return workspace_id
 
@@ -27,6 +37,8 @@ def _intake(request: Request) -> Intake:
 
 
 WorkspaceId = Annotated[UUID, Depends(_workspace_id)]
+# A path id stays a string: a malformed one answers 404, never 422.
+IdPath = Annotated[str, Path(json_schema_extra={"format": "uuid"})]
 EngineDep = Annotated[Engine, Depends(_engine)]
 IntakeDep = Annotated[Intake, Depends(_intake)]
 
@@ -36,19 +48,3 @@ def parse_uuid(value: str) -> UUID | None:
         return UUID(value)
     except ValueError:
         return None
-
-
-def problem_responses(*codes: Any) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the problem+json answers an operation can give."""
-    by_status: dict[int, list[str]] = {}
-    for code in codes:
-        by_status.setdefault(code.status, []).append(code.value)
-    return {
-        status: {
-            "description": " / ".join(names),
-            "content": {
-                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-            },
-        }
-        for status, names in sorted(by_status.items())
-    }

