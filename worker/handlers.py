@@ -27,6 +27,7 @@ from worker.store import catalog as catalog_store
 from worker.store import commands, fences, outbox
 from worker.store import conversations as conversation_store
 from worker.store.commands import Outcome
+from worker.views import initiation_result
 
 logger = structlog.get_logger(__name__)
 
@@ -75,8 +76,7 @@ def _occupy(deps: Deps, command: InitiateOutbound, eligible: Eligible) -> Outcom
 def _decide(engine: Engine, command: InitiateOutbound, eligible: Eligible) -> Decision:
     """A first choice without the lock: it only says which channel to lock."""
     with engine.connect() as conn:
-        state = _state(conn, command, eligible)
-    return rules.select_channel(eligible, state, command.request.force_send)
+        return _select(conn, command, eligible)
 
 
 def _write_under_lock(
@@ -84,24 +84,33 @@ def _write_under_lock(
 ) -> Outcome:
     try:
         with deps.locks.hold(target.channel.id) as fence, deps.engine.begin() as conn:
-            if (done := commands.claim(conn, command.command_id)) is not None:
-                return done
-            fences.check(conn, target.channel.id, fence)
-            try:
-                decision = rules.select_channel(
-                    eligible, _state(conn, command, eligible), command.request.force_send
-                )
-            except Rejection as rejection:
-                return reject(conn, command, rejection)
-            if not _same_target(decision, target):
-                raise LostRace("target_moved")
-            return write(conn, command, eligible, decision)
+            return _recheck_and_write(conn, command, eligible, target, fence)
     except fences.StaleFence:
         raise LostRace("stale_fence") from None
     except IntegrityError as error:
         if isinstance(error.orig, UniqueViolation):
             raise LostRace("unique_violation") from None
         raise
+
+
+def _recheck_and_write(
+    conn: Connection, command: InitiateOutbound, eligible: Eligible, target: Decision, fence: int
+) -> Outcome:
+    """Claim the command, re-run check 10, then check the fence right before writing.
+
+    The token is checked after the reads so that it guards them: a holder that stalled
+    past its lock's TTL after reading finds a newer token and starts over.
+    """
+    if (done := commands.claim(conn, command.command_id)) is not None:
+        return done
+    verdict = _recheck(conn, command, eligible)
+    if not isinstance(verdict, Rejection) and verdict.channel.id != target.channel.id:
+        # Our lock and fence cover the target's channel only.
+        raise LostRace("target_moved")
+    fences.check(conn, target.channel.id, fence)
+    if isinstance(verdict, Rejection):
+        return reject(conn, command, verdict)
+    return write(conn, command, eligible, verdict)
 
 
 class LostRace(Exception):
@@ -115,10 +124,18 @@ def _record_rejection(engine: Engine, command: InitiateOutbound, rejection: Reje
         return reject(conn, command, rejection)
 
 
-def _same_target(decision: Decision, target: Decision) -> bool:
-    if isinstance(decision, Reuse) and isinstance(target, Reuse):
-        return decision.conversation.id == target.conversation.id
-    return type(decision) is type(target) and decision.channel.id == target.channel.id
+def _recheck(
+    conn: Connection, command: InitiateOutbound, eligible: Eligible
+) -> Decision | Rejection:
+    try:
+        return _select(conn, command, eligible)
+    except Rejection as rejection:
+        return rejection
+
+
+def _select(conn: Connection, command: InitiateOutbound, eligible: Eligible) -> Decision:
+    state = _state(conn, command, eligible)
+    return rules.select_channel(eligible, state, command.request.force_send)
 
 
 def _state(conn: Connection, command: InitiateOutbound, eligible: Eligible) -> ContactState:
@@ -159,7 +176,15 @@ def write(
     )
     contents = [m.model_dump(mode="json", exclude_unset=True) for m in request.follow_ups]
     conversation_store.append_follow_ups(conn, conversation["id"], contents, command.command_id)
-    result = _result(command, eligible, conversation, rendered, isinstance(decision, Reuse))
+    result = initiation_result(
+        command.command_id,
+        conversation,
+        eligible.contact,
+        eligible.template,
+        rendered,
+        follow_ups_count=len(request.follow_ups),
+        already_initiated=isinstance(decision, Reuse),
+    )
     event = initiation_event(command, eligible, conversation, previous_control)
     outbox.add(conn, event, command.command_id)
     outcome = Outcome(command.command_id, "succeeded", result=result, event_ids=(event.id,))
@@ -226,52 +251,3 @@ def _reuse(conn: Connection, command: InitiateOutbound, decision: Reuse) -> tupl
 
 def _context(request: InitiateOutboundRequest) -> dict[str, Any] | None:
     return request.context.model_dump(mode="json", exclude_unset=True) if request.context else None
-
-
-def _result(
-    command: InitiateOutbound,
-    eligible: Eligible,
-    conversation: RowMapping,
-    rendered: str,
-    already_initiated: bool,
-) -> dict[str, Any]:
-    """The 200 body of SPEC 4.1."""
-    contact, template = eligible.contact, eligible.template
-    return {
-        "conversation": conversation_view(conversation),
-        "contact": {"id": str(contact.id), "name": contact.name, "phone": contact.phone},
-        "template": {
-            "id": str(template.id),
-            "name": template.name,
-            "language": template.language,
-            "category": template.category,
-            "renderedBody": rendered,
-        },
-        "followUpsCount": len(command.request.follow_ups),
-        "alreadyInitiated": already_initiated,
-        "commandId": str(command.command_id),
-    }
-
-
-def conversation_view(row: RowMapping) -> dict[str, Any]:
-    def text(value: object) -> str | None:
-        return None if value is None else str(value)
-
-    return {
-        "id": str(row["id"]),
-        "workspaceId": str(row["workspace_id"]),
-        "status": row["status"],
-        "control": row["control"],
-        "agentId": text(row["agent_id"]),
-        "channelId": str(row["channel_id"]),
-        "contactId": str(row["contact_id"]),
-        "assignedUserId": text(row["assigned_user_id"]),
-        "brandId": text(row["brand_id"]),
-        "campaignId": row["campaign_id"],
-        "createdAt": rfc3339(row["created_at"]),
-        "updatedAt": rfc3339(row["updated_at"]),
-    }
-
-
-def rfc3339(moment: Any) -> str:
-    return str(moment.isoformat().replace("+00:00", "Z"))

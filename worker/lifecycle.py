@@ -13,6 +13,7 @@ from schemas.events import ClosedData, ConversationClosed, ConversationHandedOff
 from worker.store import conversations as conversation_store
 from worker.store import outbox
 from worker.store.tables import conversations, follow_ups, messages, users
+from worker.views import conversation_detail
 
 
 def find(
@@ -75,9 +76,7 @@ def _envelope(conversation: RowMapping) -> dict[str, Any]:
 
 
 def detail(conn: Connection, conversation: RowMapping) -> dict[str, Any]:
-    """SPEC 4.4's flat object: the conversation, its template messages and follow-ups."""
-    from worker.handlers import conversation_view, rfc3339
-
+    """SPEC 4.4's flat object, read in the caller's transaction."""
     template_messages = conn.execute(
         select(
             messages.c.kind,
@@ -94,21 +93,4 @@ def detail(conn: Connection, conversation: RowMapping) -> dict[str, Any]:
         .where(follow_ups.c.conversation_id == conversation["id"])
         .order_by(follow_ups.c.position)
     ).all()
-    return {
-        **conversation_view(conversation),
-        "messages": [
-            {
-                "kind": m.kind,
-                "body": m.body,
-                "status": m.status,
-                "templateId": str(m.template_id) if m.template_id else None,
-                "createdAt": rfc3339(m.created_at),
-            }
-            for m in template_messages
-        ],
-        "followUps": [
-            {"position": f.position, "content": f.content, "status": f.status} for f in queued
-        ],
-        "context": conversation["context"],
-        "optIn": conversation["opt_in"],
-    }
+    return conversation_detail(conversation, template_messages, queued)

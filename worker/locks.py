@@ -23,6 +23,10 @@ logger = structlog.get_logger(__name__)
 LOCK_POLL_S = 0.002
 
 
+def lock_key(channel_id: UUID) -> str:
+    return f"leadscout:lock:channel:{channel_id}"
+
+
 class LockWaitTimeout(Exception):
     """The channel lock could not be had within the bounded wait: retry later."""
 
@@ -44,7 +48,7 @@ class ChannelLocks:
     def hold(self, channel_id: UUID) -> Iterator[int]:
         """Holds the channel's lock; yields the fencing token of this holding."""
         lock = self._redis.lock(
-            f"leadscout:lock:channel:{channel_id}",
+            lock_key(channel_id),
             timeout=self._ttl_s,
             sleep=LOCK_POLL_S,
             blocking_timeout=self._wait_s,

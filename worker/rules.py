@@ -13,6 +13,7 @@ from uuid import UUID
 from schemas import errors
 from schemas.api import InitiateOutboundRequest
 from worker.model import Catalog, Channel, Contact, ContactState, Conversation, Template
+from worker.views import blocking_view
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,22 +159,8 @@ def _auto_select(ordered: list[Channel], state: ContactState, force_send: bool) 
     if occupied and force_send:
         return Reuse(*occupied[0])
     if occupied:
-        raise errors.AllProviderChannelsOccupied(
-            blockingConversationIds=[str(conversation.id) for _, conversation in occupied]
+        raise errors.AllProviderChannelsOccupied.among(
+            [str(conversation.id) for _, conversation in occupied],
+            at_limit=len(ordered) - len(occupied),
         )
     raise errors.ChannelDailyLimitReached()
-
-
-def blocking_view(conversation: Conversation) -> dict[str, object]:
-    return {
-        "id": str(conversation.id),
-        "status": conversation.status,
-        "control": conversation.control,
-        "channelId": str(conversation.channel_id),
-        "agentId": str(conversation.agent_id) if conversation.agent_id else None,
-        "assignedUserId": (
-            str(conversation.assigned_user_id) if conversation.assigned_user_id else None
-        ),
-        "campaignId": conversation.campaign_id,
-        "createdAt": conversation.created_at.isoformat().replace("+00:00", "Z"),
-    }

@@ -51,7 +51,7 @@ def _row(
     body_hash: str | None,
     batch_id: UUID | None = None,
 ) -> dict[str, Any]:
-    payload = command.model_dump(mode="json")
+    payload = command.to_message()
     return {
         "id": command.command_id,
         "workspace_id": command.workspace_id,
