@@ -25,6 +25,8 @@ cli.add_typer(workspace_cli, name="workspace")
 events_cli = typer.Typer(help="Read the event stream.", no_args_is_help=True)
 cli.add_typer(catalog_cli, name="catalog")
 cli.add_typer(events_cli, name="events")
+campaign_cli = typer.Typer(help="Launch campaigns through the HTTP API.", no_args_is_help=True)
+cli.add_typer(campaign_cli, name="campaign")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -110,10 +112,96 @@ def _failure(exc: Exception) -> str:
     return f"database error: {type(error).__name__} (SQLSTATE {error.sqlstate}{constraint})"
 
 
+@campaign_cli.command("launch")
+def campaign_launch(
+    workspace: Annotated[UUID, typer.Option("--workspace", help="Workspace id.")],
+    template: Annotated[UUID, typer.Option("--template", help="Template of every row.")],
+    contacts: Annotated[
+        Path,
+        typer.Option(
+            "--contacts",
+            help="CSV with a header row: contactId, then p1, p2, ... (template parameters).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    campaign: Annotated[
+        str | None,
+        typer.Option(
+            "--campaign",
+            help="Campaign id (1-128 of A-Z a-z 0-9 . _ - :). Default: the CSV's name and a"
+            " hash of its contents (e.g. leads-1f0c2a9b3d4e5f60), so running the same file"
+            " again resumes the same campaign.",
+            show_default=False,
+        ),
+    ] = None,
+    channel: Annotated[
+        UUID | None,
+        typer.Option("--channel", help="Provider channel for every row.", show_default=False),
+    ] = None,
+    api_url: Annotated[
+        str, typer.Option("--api-url", envvar="LEADSCOUT_API_URL", help="Where the API is.")
+    ] = "http://127.0.0.1:8000",
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="LEADSCOUT_API_KEY",
+            help="The workspace's API key (`leadscout dev` prints the demo one).",
+            show_default=False,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            help="Stop waiting for rows to finish this many seconds after the start.",
+            min=0,
+        ),
+    ] = 1800.0,
+    json_summary: Annotated[
+        bool, typer.Option("--json", help="Print one JSON summary object instead of the table.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", hidden=True)] = 10_000,
+) -> None:
+    """Send a CSV of contacts as campaign batches (SPEC 4.3), then show the campaign's results.
+
+    Interrupted? Run the same command again: it resumes, and nothing is created twice.
+    """
+    from rich.console import Console
+
+    from leadscout import campaign as launcher
+
+    if api_key is None:
+        raise _fail("no API key: pass --api-key or set LEADSCOUT_API_KEY", 2)
+    launch = launcher.Launch(
+        contacts, str(template), campaign, str(channel) if channel else None, batch_size, timeout
+    )
+    try:
+        summary = launcher.launch(launch, api_url, api_key, str(workspace), Console(stderr=True))
+    except launcher.UsageError as exc:
+        raise _fail(str(exc), 2) from None
+    except launcher.LaunchError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted: running the same command again resumes", 130) from None
+    if json_summary:
+        _print_json(summary.as_json())
+    else:
+        Console().print(launcher.table(summary))
+
+
 @cli.command()
 def worker(
     concurrency: Annotated[int, typer.Option(help="Worker processes or threads.")] = 2,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
+    queues: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated queues: 'leadscout' (single initiations) and"
+            " 'leadscout.campaign' (campaign chunks)."
+        ),
+    ] = "leadscout,leadscout.campaign",
 ) -> None:
     """Run a Celery worker that processes initiation commands."""
     from worker import pool_metrics
@@ -135,7 +223,7 @@ def worker(
             "--loglevel=WARNING",
             f"--concurrency={concurrency}",
             f"--pool={pool}",
-            "--queues=leadscout",
+            f"--queues={queues}",
             "--without-gossip",
             "--without-mingle",
         ]

@@ -36,6 +36,8 @@ def create_app() -> Celery:
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": 600},
+        # Single initiations and campaign chunks travel on separate queues (``CAMPAIGN_QUEUE``
+        # in worker.tasks), so a running campaign cannot bury another workspace's initiation.
         task_default_queue="leadscout",
         worker_hijack_root_logger=False,
         # Task events (worker's -E, and task-sent from the publisher) so that

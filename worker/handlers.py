@@ -1,14 +1,30 @@
-"""Turns one ``InitiateOutbound`` command into a conversation or a clean rejection.
+"""Turns ``InitiateOutbound`` commands into conversations or clean rejections.
 
-The rule itself (SPEC 4.1 checks 1–10) lives in ``worker.rules``; this module
-adds the I/O around it: read the catalog, lock the chosen channel, re-check
-under the lock, and write everything in one transaction with an outbox row.
+One rule, two sizes: a campaign chunk of hundreds of commands and a single initiation
+(a chunk of one) take the same path. The rule itself (SPEC 4.1 checks 1–10) lives in
+``worker.rules``; this module adds the I/O around it, set-based:
+
+1. mark the chunk processing and read the catalog slice it needs (one transaction);
+2. checks 1–9 per command, in Python; failures are recorded together;
+3. check 10 per command, in Python, against the contacts' conversations and the
+   channels' quota read once for the round (a round ends where a contact comes again);
+4. lock every chosen channel once (in id order), re-run check 10 under the locks, check the
+   fences, and write the whole round in one transaction with its outbox rows.
+
+Step 3 only tells which channels to lock; it is skipped when each command has one candidate.
+
+A command whose choice moved to a channel we do not hold, or whose round lost a race
+(a stale fence, a conversation opened or closed under us), goes round again.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
+from uuid import UUID
 
 import structlog
 from psycopg.errors import UniqueViolation
@@ -18,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from schemas.api import InitiateOutboundRequest
 from schemas.commands import InitiateOutbound
 from schemas.errors import Rejection
+from schemas.events import Event
 from worker import metrics, rules
 from worker.events import initiation_event, rejection_event
 from worker.locks import ChannelLocks
@@ -31,13 +48,17 @@ from worker.views import initiation_result
 
 logger = structlog.get_logger(__name__)
 
-# Each attempt loses a race (stale fence, a conversation opened or closed under us);
-# a few are plenty, after which the task is retried as an infrastructure failure.
+# Rounds a command may lose (stale fence, a conversation opened or closed under us, a
+# choice that moved); after that the task is retried as an infrastructure failure.
 MAX_ATTEMPTS = 8
 
 
 class SelectionContention(Exception):
     """The channel choice kept changing under us: retry the command later."""
+
+
+class LostRace(Exception):
+    """Someone changed a channel's state between our choice and our write."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,187 +67,316 @@ class Deps:
     locks: ChannelLocks
 
 
+@dataclass(slots=True)
+class Pending:
+    """A command that passed checks 1–9 and waits for check 10 and its write."""
+
+    position: int
+    command: InitiateOutbound
+    eligible: Eligible
+    lost_races: int = 0
+
+    @property
+    def request(self) -> InitiateOutboundRequest:
+        return self.command.request
+
+
+Verdict = Decision | Rejection
+
+
 def initiate_outbound(command: InitiateOutbound, deps: Deps) -> Outcome:
+    return initiate_chunk([command], deps)[0]
+
+
+def initiate_chunk(chunk: Sequence[InitiateOutbound], deps: Deps) -> list[Outcome]:
+    """SPEC 4.1 for every command; the outcomes come back in the chunk's order."""
+    outcomes: dict[UUID, Outcome] = {}
+    for workspace_commands in _by_workspace(chunk):
+        outcomes.update(_initiate(workspace_commands, deps))
+    return [outcomes[command.command_id] for command in chunk]
+
+
+def _by_workspace(chunk: Sequence[InitiateOutbound]) -> Iterator[list[InitiateOutbound]]:
+    ordered = sorted(chunk, key=lambda command: str(command.workspace_id))
+    for _, group in groupby(ordered, key=lambda command: command.workspace_id):
+        yield list(group)
+
+
+def _initiate(chunk: list[InitiateOutbound], deps: Deps) -> dict[UUID, Outcome]:
     with deps.engine.begin() as conn:
-        if (done := commands.mark_processing(conn, command.command_id)) is not None:
-            logger.info("initiation.duplicate_delivery")
-            return done
-        catalog = catalog_store.load(conn, command.workspace_id, [command.request])
-    try:
-        eligible = rules.check_preflight(command.request, catalog)
-    except Rejection as rejection:
-        return _record_rejection(deps.engine, command, rejection)
-    return _occupy(deps, command, eligible)
-
-
-def _occupy(deps: Deps, command: InitiateOutbound, eligible: Eligible) -> Outcome:
-    """Choose a channel, then lock it, re-check and write; start over on a lost race."""
-    for _ in range(MAX_ATTEMPTS):
+        outcomes = commands.mark_processing(conn, [c.command_id for c in chunk])
+        if outcomes:
+            logger.info("initiation.duplicate_delivery", commands=len(outcomes))
+        todo = [command for command in chunk if command.command_id not in outcomes]
+        catalog = catalog_store.load(conn, chunk[0].workspace_id, [c.request for c in todo])
+    pending: list[Pending] = []
+    rejected: list[tuple[InitiateOutbound, Rejection]] = []
+    for position, command in enumerate(todo):
         try:
-            target = _decide(deps.engine, command, eligible)
+            eligible = rules.check_preflight(command.request, catalog)
         except Rejection as rejection:
-            return _record_rejection(deps.engine, command, rejection)
-        try:
-            return _write_under_lock(deps, command, eligible, target)
-        except LostRace as lost:
-            logger.info("initiation.lost_race", reason=str(lost))
-    raise SelectionContention(str(command.command_id))
+            rejected.append((command, rejection))
+        else:
+            pending.append(Pending(position, command, eligible))
+    outcomes.update(_record_rejections(deps.engine, rejected))
+    outcomes.update(_occupy(deps, pending))
+    return outcomes
 
 
-def _decide(engine: Engine, command: InitiateOutbound, eligible: Eligible) -> Decision:
-    """A first choice without the lock: it only says which channel to lock."""
+def _occupy(deps: Deps, pending: list[Pending]) -> dict[UUID, Outcome]:
+    """Check 10 and the write, round after round, until every command has its outcome."""
+    outcomes: dict[UUID, Outcome] = {}
+    while pending:
+        this_round, later = _one_per_contact(pending)
+        chosen, targets, rejected = _first_choice(deps.engine, this_round)
+        outcomes.update(_record_rejections(deps.engine, rejected))
+        written, again = _write_under_locks(deps, chosen, targets)
+        outcomes.update(written)
+        for lost in again:
+            lost.lost_races += 1
+            if lost.lost_races >= MAX_ATTEMPTS:
+                raise SelectionContention(str(lost.command.command_id))
+        pending = sorted(again + later, key=lambda p: p.position)
+    return outcomes
+
+
+def _first_choice(
+    engine: Engine, round_: list[Pending]
+) -> tuple[list[Pending], set[UUID], list[tuple[InitiateOutbound, Rejection]]]:
+    """Which channels to lock, and who is rejected already.
+
+    A command with one candidate can only lock that one; otherwise check 10 runs once
+    without the locks, only to learn which channels to lock.
+    """
+    if all(len(item.eligible.candidates) == 1 for item in round_):
+        return round_, {item.eligible.candidates[0].id for item in round_}, []
     with engine.connect() as conn:
-        return _select(conn, command, eligible)
+        verdicts = _select(conn, round_)
+    rejected = [(item.command, v) for item, v in verdicts if isinstance(v, Rejection)]
+    chosen = [(item, v) for item, v in verdicts if isinstance(v, OpenFresh | Reuse)]
+    return [item for item, _ in chosen], {v.channel.id for _, v in chosen}, rejected
 
 
-def _write_under_lock(
-    deps: Deps, command: InitiateOutbound, eligible: Eligible, target: Decision
-) -> Outcome:
+def _one_per_contact(pending: list[Pending]) -> tuple[list[Pending], list[Pending]]:
+    """The round: the commands up to the first contact met again, which must see the write
+    of the command before it, and which starts the next round. Quota is used in the
+    chunk's order, as if the commands came one by one."""
+    seen: set[UUID] = set()
+    for cut, item in enumerate(pending):
+        if item.request.contact_id in seen:
+            return pending[:cut], pending[cut:]
+        seen.add(item.request.contact_id)
+    return pending, []
+
+
+def _select(
+    conn: Connection, round_: list[Pending], held: frozenset[UUID] | None = None
+) -> list[tuple[Pending, Verdict | None]]:
+    """Check 10 for each command, in order, against one reading of the contacts and channels.
+
+    Each fresh conversation decided here uses up quota for the commands after it. With
+    ``held``, a command whose choice falls outside those channels gets ``None`` (it moved)
+    and uses up nothing.
+    """
+    workspace_id = round_[0].command.workspace_id
+    contacts = conversation_store.contact_conversations(
+        conn, workspace_id, [p.request.contact_id for p in round_]
+    )
+    candidates = {channel.id for p in round_ for channel in p.eligible.candidates}
+    opened = conversation_store.opened_last_24h(conn, candidates)
+    verdicts: list[tuple[Pending, Verdict | None]] = []
+    for item in round_:
+        state = ContactState(contacts.get(item.request.contact_id, ()), opened)
+        verdict: Verdict | None
+        try:
+            verdict = rules.select_channel(item.eligible, state, item.request.force_send)
+        except Rejection as rejection:
+            verdict = rejection
+        if isinstance(verdict, OpenFresh | Reuse) and held is not None:
+            verdict = verdict if verdict.channel.id in held else None
+        if isinstance(verdict, OpenFresh):
+            opened[verdict.channel.id] = opened.get(verdict.channel.id, 0) + 1
+        verdicts.append((item, verdict))
+    return verdicts
+
+
+def _write_under_locks(
+    deps: Deps, round_: list[Pending], targets: set[UUID]
+) -> tuple[dict[UUID, Outcome], list[Pending]]:
+    """Locks the chosen channels, re-checks and writes; returns outcomes and who goes again."""
+    if not round_:
+        return {}, []
     try:
-        with deps.locks.hold(target.channel.id) as fence, deps.engine.begin() as conn:
-            return _recheck_and_write(conn, command, eligible, target, fence)
+        with deps.locks.hold(targets) as tokens, deps.engine.begin() as conn:
+            return _recheck_and_write(conn, round_, tokens)
     except fences.StaleFence:
-        raise LostRace("stale_fence") from None
+        logger.info("initiation.lost_race", reason="stale_fence", commands=len(round_))
+    except LostRace as lost:
+        logger.info("initiation.lost_race", reason=str(lost), commands=len(round_))
     except IntegrityError as error:
-        if isinstance(error.orig, UniqueViolation):
-            raise LostRace("unique_violation") from None
-        raise
+        if not isinstance(error.orig, UniqueViolation):
+            raise
+        logger.info("initiation.lost_race", reason="unique_violation", commands=len(round_))
+    return {}, round_
 
 
 def _recheck_and_write(
-    conn: Connection, command: InitiateOutbound, eligible: Eligible, target: Decision, fence: int
-) -> Outcome:
-    """Claim the command, re-run check 10, then check the fence right before writing.
+    conn: Connection, round_: list[Pending], tokens: dict[UUID, int]
+) -> tuple[dict[UUID, Outcome], list[Pending]]:
+    """Claim the commands, re-run check 10, then check the fences right before writing.
 
-    The token is checked after the reads so that it guards them: a holder that stalled
-    past its lock's TTL after reading finds a newer token and starts over.
+    The tokens are checked after the reads so that they guard them: a holder that stalled
+    past its locks' TTL after reading finds a newer token and goes round again.
     """
-    if (done := commands.claim(conn, command.command_id)) is not None:
-        return done
-    verdict = _recheck(conn, command, eligible)
-    if not isinstance(verdict, Rejection) and verdict.channel.id != target.channel.id:
-        # Our lock and fence cover the target's channel only.
-        raise LostRace("target_moved")
-    fences.check(conn, target.channel.id, fence)
-    if isinstance(verdict, Rejection):
-        return reject(conn, command, verdict)
-    return write(conn, command, eligible, verdict)
+    outcomes = commands.claim(conn, [item.command.command_id for item in round_])
+    live = [item for item in round_ if item.command.command_id not in outcomes]
+    if not live:
+        return outcomes, []
+    verdicts = _select(conn, live, held=frozenset(tokens))
+    moved = [item for item, verdict in verdicts if verdict is None]
+    if moved:
+        logger.info("initiation.lost_race", reason="target_moved", commands=len(moved))
+    fences.check(conn, tokens)
+    settled = [(item, verdict) for item, verdict in verdicts if verdict is not None]
+    outcomes.update(write(conn, settled))
+    return outcomes, moved
 
 
-class LostRace(Exception):
-    """Someone changed the channel's state between our choice and our write."""
-
-
-def _record_rejection(engine: Engine, command: InitiateOutbound, rejection: Rejection) -> Outcome:
+def _record_rejections(
+    engine: Engine, rejected: list[tuple[InitiateOutbound, Rejection]]
+) -> dict[UUID, Outcome]:
+    if not rejected:
+        return {}
     with engine.begin() as conn:
-        if (done := commands.claim(conn, command.command_id)) is not None:
-            return done
-        return reject(conn, command, rejection)
+        done = commands.claim(conn, [command.command_id for command, _ in rejected])
+        fresh = [(command, r) for command, r in rejected if command.command_id not in done]
+        return done | reject(conn, fresh)
 
 
-def _recheck(
-    conn: Connection, command: InitiateOutbound, eligible: Eligible
-) -> Decision | Rejection:
-    try:
-        return _select(conn, command, eligible)
-    except Rejection as rejection:
-        return rejection
-
-
-def _select(conn: Connection, command: InitiateOutbound, eligible: Eligible) -> Decision:
-    state = _state(conn, command, eligible)
-    return rules.select_channel(eligible, state, command.request.force_send)
-
-
-def _state(conn: Connection, command: InitiateOutbound, eligible: Eligible) -> ContactState:
-    return conversation_store.contact_state(
-        conn,
-        command.workspace_id,
-        command.request.contact_id,
-        [channel.id for channel in eligible.candidates],
-    )
-
-
-def reject(conn: Connection, command: InitiateOutbound, rejection: Rejection) -> Outcome:
+def reject(
+    conn: Connection, rejected: list[tuple[InitiateOutbound, Rejection]]
+) -> dict[UUID, Outcome]:
     """Invariant 5: a rejection writes only the outcome and its event."""
-    event = rejection_event(command, rejection.code)
-    outcome = Outcome(
-        command.command_id, "failed", error=rejection.as_problem(), event_ids=(event.id,)
-    )
-    outbox.add(conn, event, command.command_id)
-    commands.finish(conn, outcome)
-    metrics.COMMANDS.labels(outcome=rejection.code.value).inc()
-    logger.info("initiation.rejected", code=rejection.code.value)
-    return outcome
+    events: list[tuple[Event, UUID | None]] = []
+    outcomes: dict[UUID, Outcome] = {}
+    for command, rejection in rejected:
+        event = rejection_event(command, rejection.code)
+        events.append((event, command.command_id))
+        outcomes[command.command_id] = Outcome(
+            command.command_id, "failed", error=rejection.as_problem(), event_ids=(event.id,)
+        )
+        metrics.COMMANDS.labels(outcome=rejection.code.value).inc()
+    outbox.add_many(conn, events)
+    commands.finish(conn, outcomes.values())
+    if rejected:
+        logger.info("initiation.rejected", commands=len(rejected))
+    return outcomes
 
 
-def write(
-    conn: Connection, command: InitiateOutbound, eligible: Eligible, decision: Decision
-) -> Outcome:
-    """One transaction: conversation, template message, follow-ups, outbox row, outcome."""
-    request = command.request
-    previous_control: str | None = None
-    if isinstance(decision, OpenFresh):
-        conversation = _open_fresh(conn, command, decision)
-    else:
-        previous_control, conversation = _reuse(conn, command, decision)
-    rendered = eligible.template.render(request.template.parameters)
-    conversation_store.add_template_message(
-        conn, conversation["id"], eligible.template.id, rendered, command.command_id
+def write(conn: Connection, settled: list[tuple[Pending, Verdict]]) -> dict[UUID, Outcome]:
+    """One transaction: conversations, template messages, follow-ups, quota, outbox, outcomes."""
+    rejected = [(item.command, v) for item, v in settled if isinstance(v, Rejection)]
+    outcomes = reject(conn, rejected)
+    decided = [(item, v) for item, v in settled if not isinstance(v, Rejection)]
+    fresh = [(item, v) for item, v in decided if isinstance(v, OpenFresh)]
+    opened = conversation_store.insert_conversations(
+        conn, [_fresh_row(item.command, decision) for item, decision in fresh]
     )
-    contents = [m.model_dump(mode="json", exclude_unset=True) for m in request.follow_ups]
-    conversation_store.append_follow_ups(conn, conversation["id"], contents, command.command_id)
-    result = initiation_result(
-        command.command_id,
-        conversation,
-        eligible.contact,
-        eligible.template,
-        rendered,
-        follow_ups_count=len(request.follow_ups),
-        already_initiated=isinstance(decision, Reuse),
-    )
-    event = initiation_event(command, eligible, conversation, previous_control)
-    outbox.add(conn, event, command.command_id)
-    outcome = Outcome(command.command_id, "succeeded", result=result, event_ids=(event.id,))
-    commands.finish(conn, outcome)
-    metrics.COMMANDS.labels(outcome="reused" if previous_control else "created").inc()
-    logger.info(
-        "initiation.succeeded",
-        conversation_id=str(conversation["id"]),
-        already_initiated=previous_control is not None,
-    )
-    return outcome
+    conversation_store.count_openings(conn, Counter(d.channel.id for _, d in fresh))
+    written: dict[UUID, tuple[RowMapping, str | None, int]] = {
+        item.command.command_id: (row, None, 0)
+        for (item, _), row in zip(fresh, opened, strict=True)
+    }
+    for item, decision in decided:
+        if isinstance(decision, Reuse):
+            written[item.command.command_id] = _reuse(conn, item.command, decision)
+    outcomes.update(_append_messages(conn, [item for item, _ in decided], written))
+    return outcomes
 
 
-def _open_fresh(conn: Connection, command: InitiateOutbound, decision: OpenFresh) -> RowMapping:
+def _append_messages(
+    conn: Connection,
+    items: list[Pending],
+    written: dict[UUID, tuple[RowMapping, str | None, int]],
+) -> dict[UUID, Outcome]:
+    """Each command's template message and follow-ups, its event and its outcome."""
+    messages, follow_ups = [], []
+    events: list[tuple[Event, UUID | None]] = []
+    outcomes: dict[UUID, Outcome] = {}
+    for item in items:
+        command, eligible = item.command, item.eligible
+        conversation, previous_control, last_position = written[command.command_id]
+        rendered = eligible.template.render(item.request.template.parameters)
+        messages.append(
+            {
+                "conversation_id": conversation["id"],
+                "template_id": eligible.template.id,
+                "body": rendered,
+                "command_id": command.command_id,
+            }
+        )
+        follow_ups += [
+            {
+                "conversation_id": conversation["id"],
+                "position": last_position + offset,
+                "content": message.model_dump(mode="json", exclude_unset=True),
+                "command_id": command.command_id,
+            }
+            for offset, message in enumerate(item.request.follow_ups, start=1)
+        ]
+        event = initiation_event(command, eligible, conversation, previous_control)
+        events.append((event, command.command_id))
+        result = initiation_result(
+            command.command_id,
+            conversation,
+            eligible.contact,
+            eligible.template,
+            rendered,
+            follow_ups_count=len(item.request.follow_ups),
+            already_initiated=previous_control is not None,
+        )
+        outcomes[command.command_id] = Outcome(
+            command.command_id, "succeeded", result=result, event_ids=(event.id,)
+        )
+        metrics.COMMANDS.labels(outcome="reused" if previous_control else "created").inc()
+    conversation_store.add_template_messages(conn, messages)
+    conversation_store.add_follow_ups(conn, follow_ups)
+    outbox.add_many(conn, events)
+    commands.finish(conn, outcomes.values())
+    if items:
+        logger.info("initiation.succeeded", commands=len(items))
+    return outcomes
+
+
+def _fresh_row(command: InitiateOutbound, decision: OpenFresh) -> dict[str, Any]:
     request, channel = command.request, decision.channel
-    return conversation_store.insert_conversation(
-        conn,
-        {
-            "workspace_id": command.workspace_id,
-            "channel_id": channel.id,
-            "contact_id": request.contact_id,
-            "agent_id": channel.agent_id,
-            "status": "active",
-            "control": "ai",
-            "assigned_user_id": (
-                request.handoff_override.user_id
-                if request.handoff_override
-                else channel.default_advisor_id
-            ),
-            "brand_id": request.brand_id or channel.brand_id,
-            "campaign_id": request.campaign_id,
-            "context": _context(request),
-            "opt_in": request.opt_in,
-            "command_id": command.command_id,
-        },
-    )
+    return {
+        "workspace_id": command.workspace_id,
+        "channel_id": channel.id,
+        "contact_id": request.contact_id,
+        "agent_id": channel.agent_id,
+        "status": "active",
+        "control": "ai",
+        "assigned_user_id": (
+            request.handoff_override.user_id
+            if request.handoff_override
+            else channel.default_advisor_id
+        ),
+        "brand_id": request.brand_id or channel.brand_id,
+        "campaign_id": request.campaign_id,
+        "context": _context(request),
+        "opt_in": request.opt_in,
+        "command_id": command.command_id,
+    }
 
 
-def _reuse(conn: Connection, command: InitiateOutbound, decision: Reuse) -> tuple[str, RowMapping]:
+def _reuse(
+    conn: Connection, command: InitiateOutbound, decision: Reuse
+) -> tuple[RowMapping, str, int]:
     """Control back to the prospection agent; present, non-null fields replace stored ones.
 
-    Returns the control the conversation had, read under its row lock, and the new row.
+    Returns the new row, the control it had (read under its row lock) and where its
+    follow-ups end.
     """
     previous_control = conversation_store.lock_active(conn, decision.conversation.id)
     if previous_control is None:
@@ -238,7 +388,7 @@ def _reuse(conn: Connection, command: InitiateOutbound, decision: Reuse) -> tupl
         "context": _context(request),
         "opt_in": request.opt_in,
     }
-    return previous_control, conversation_store.update_conversation(
+    row = conversation_store.update_conversation(
         conn,
         decision.conversation.id,
         {
@@ -247,6 +397,8 @@ def _reuse(conn: Connection, command: InitiateOutbound, decision: Reuse) -> tupl
             **{name: value for name, value in replacements.items() if value is not None},
         },
     )
+    last_position = conversation_store.last_follow_up_position(conn, decision.conversation.id)
+    return row, previous_control, last_position
 
 
 def _context(request: InitiateOutboundRequest) -> dict[str, Any] | None:

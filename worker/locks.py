@@ -8,8 +8,8 @@ whose lock expired while it stalled (see ``worker.store.fences``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from uuid import UUID
 
 import structlog
@@ -35,18 +35,30 @@ class ChannelLocks:
     def __init__(
         self,
         redis: Redis,
-        issue_fence: Callable[[UUID], int],
+        issue_fences: Callable[[Sequence[UUID]], dict[UUID, int]],
         ttl_ms: int,
         wait_ms: int,
     ) -> None:
         self._redis = redis
-        self._issue_fence = issue_fence
+        self._issue_fences = issue_fences
         self._ttl_s = ttl_ms / 1000
         self._wait_s = wait_ms / 1000
 
     @contextmanager
-    def hold(self, channel_id: UUID) -> Iterator[int]:
-        """Holds the channel's lock; yields the fencing token of this holding."""
+    def hold(self, channel_ids: Collection[UUID]) -> Iterator[dict[UUID, int]]:
+        """Holds every channel's lock; yields the fencing token of each holding.
+
+        Locks are taken in id order, so two holders of overlapping sets cannot deadlock.
+        """
+        started = time.monotonic()
+        with ExitStack() as held:
+            for channel_id in sorted(channel_ids):
+                held.enter_context(self._one(channel_id))
+            metrics.LOCK_WAIT.observe(time.monotonic() - started)
+            yield self._issue_fences(sorted(channel_ids))
+
+    @contextmanager
+    def _one(self, channel_id: UUID) -> Iterator[None]:
         lock = self._redis.lock(
             lock_key(channel_id),
             timeout=self._ttl_s,
@@ -54,12 +66,10 @@ class ChannelLocks:
             blocking_timeout=self._wait_s,
             thread_local=False,
         )
-        started = time.monotonic()
         if not lock.acquire():
             raise LockWaitTimeout(f"channel {channel_id}: lock not acquired in {self._wait_s}s")
-        metrics.LOCK_WAIT.observe(time.monotonic() - started)
         try:
-            yield self._issue_fence(channel_id)
+            yield
         finally:
             _release(lock, channel_id)
 

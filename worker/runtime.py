@@ -58,7 +58,7 @@ def handler_deps() -> Deps:
     engine = get_engine(resolved_urls()[0])
     locks = ChannelLocks(
         redis_client(),
-        lambda channel_id: fences.issue(engine, channel_id),
+        lambda channel_ids: fences.issue(engine, channel_ids),
         ttl_ms=settings.lock_ttl_ms,
         wait_ms=settings.lock_wait_ms,
     )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
+from uuid import UUID
 
 import structlog
 from redis.exceptions import RedisError
@@ -16,6 +18,7 @@ from worker import handlers, relay
 from worker.celery_app import app
 from worker.locks import LockWaitTimeout
 from worker.runtime import handler_deps, redis_client
+from worker.store import commands
 from worker.store.commands import Outcome, UnknownCommand
 
 logger = structlog.get_logger(__name__)
@@ -45,26 +48,27 @@ def initiate_outbound(command: dict[str, Any]) -> None:
         except UnknownCommand:
             logger.error("initiation.unknown_command")
             return
-        announce(outcome)
-        _send_events_now(deps.engine, outcome)
+        announce([outcome])
+        _send_events_now(deps.engine, outcome.event_ids)
 
 
-def announce(outcome: Outcome) -> None:
+def announce(outcomes: Sequence[Outcome]) -> None:
     """Tells waiting API processes (SPEC 4.2 sync mode); losing this only costs them a 202."""
-    message = {"status": outcome.status, "result": outcome.result, "error": outcome.error}
+    pipeline = redis_client().pipeline(transaction=False)
+    for outcome in outcomes:
+        message = {"status": outcome.status, "result": outcome.result, "error": outcome.error}
+        pipeline.publish(OUTCOME_CHANNEL_PREFIX + str(outcome.command_id), json.dumps(message))
     try:
-        redis_client().publish(
-            OUTCOME_CHANNEL_PREFIX + str(outcome.command_id), json.dumps(message)
-        )
+        pipeline.execute()
     except RedisError:
         logger.warning("initiation.announce_failed")
 
 
-def _send_events_now(engine: Engine, outcome: Outcome) -> None:
+def _send_events_now(engine: Engine, event_ids: Sequence[UUID]) -> None:
     """Fast path: the relay would send these too, only later."""
     stream = get_settings().events_stream
     try:
-        relay.publish_now(engine, redis_client(), stream, outcome.event_ids)
+        relay.publish_now(engine, redis_client(), stream, event_ids)
     except (OperationalError, RedisError):
         logger.warning("initiation.fast_path_failed")
 
@@ -72,3 +76,36 @@ def _send_events_now(engine: Engine, outcome: Outcome) -> None:
 def publish(command: InitiateOutbound) -> None:
     """Sends the command to the workers; its row must be committed before this."""
     initiate_outbound.delay(command.to_message())
+
+
+# Commands per campaign task: one claim, one catalog read and one write transaction each.
+CHUNK_SIZE = 500
+CAMPAIGN_QUEUE = "leadscout.campaign"
+
+
+@app.task(  # type: ignore[untyped-decorator]  # celery ships no type hints
+    name="leadscout.initiate_chunk",
+    queue=CAMPAIGN_QUEUE,
+    autoretry_for=RETRYABLE,
+    retry_backoff=0.2,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    max_retries=None,
+)
+def initiate_chunk(command_ids: list[str]) -> None:
+    """A campaign chunk (SPEC 4.3): the commands are read from their durable rows."""
+    deps = handler_deps()
+    with deps.engine.connect() as conn:
+        chunk = commands.load(conn, [UUID(command_id) for command_id in command_ids])
+    if len(chunk) < len(command_ids):
+        logger.error("initiation.unknown_commands", missing=len(command_ids) - len(chunk))
+    outcomes = handlers.initiate_chunk(chunk, deps)
+    announce(outcomes)
+    _send_events_now(deps.engine, [i for outcome in outcomes for i in outcome.event_ids])
+
+
+def publish_chunks(command_ids: Sequence[UUID]) -> None:
+    """Sends recorded commands to the campaign queue, CHUNK_SIZE per task."""
+    for start in range(0, len(command_ids), CHUNK_SIZE):
+        chunk = command_ids[start : start + CHUNK_SIZE]
+        initiate_chunk.delay([str(command_id) for command_id in chunk])

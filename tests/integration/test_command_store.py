@@ -124,7 +124,7 @@ class TestDiscard:
         world = World(engine, redis)
         started = world.command(**body(uuid4(), uuid4()))
         with engine.begin() as conn:
-            commands.mark_processing(conn, started.command_id)
+            commands.mark_processing(conn, [started.command_id])
             commands.discard(conn, started.command_id)
         assert statuses(engine) == {started.command_id: "processing"}
 
@@ -158,7 +158,7 @@ class TestMarkProcessing:
         record(engine, started, key="a")
         record(engine, waiting, key="b")
         with engine.begin() as conn:
-            assert commands.mark_processing(conn, started.command_id) is None
+            assert commands.mark_processing(conn, [started.command_id]) == {}
         assert statuses(engine) == {
             started.command_id: "processing",
             waiting.command_id: "accepted",
@@ -190,7 +190,7 @@ class TestFinish:
         world = World(engine, redis)
         command = world.command(**body(uuid4(), uuid4()))
         with engine.begin() as conn:
-            commands.finish(conn, commands.Outcome(command.command_id, "succeeded", result={}))
+            commands.finish(conn, [commands.Outcome(command.command_id, "succeeded", result={})])
         query = select(
             command_rows.c.status,
             command_rows.c.completed_at.is_not(None),

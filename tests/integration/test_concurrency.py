@@ -7,7 +7,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
@@ -198,8 +198,8 @@ class UnlockedChannels:
         self.engine = engine
 
     @contextmanager
-    def hold(self, channel_id: UUID) -> Iterator[int]:
-        yield 0
+    def hold(self, channel_ids: Collection[UUID]) -> Iterator[dict[UUID, int]]:
+        yield {channel_id: 0 for channel_id in channel_ids}
 
 
 class StallingLocks:
@@ -209,12 +209,12 @@ class StallingLocks:
         self.inner, self.acquired, self.resume = inner, acquired, resume
 
     @contextmanager
-    def hold(self, channel_id: UUID) -> Iterator[int]:
-        with self.inner.hold(channel_id) as fence:
+    def hold(self, channel_ids: Collection[UUID]) -> Iterator[dict[UUID, int]]:
+        with self.inner.hold(channel_ids) as tokens:
             if not self.acquired.is_set():
                 self.acquired.set()
                 assert self.resume.wait(30)
-            yield fence
+            yield tokens
 
 
 class TestStalledLockHolder:
@@ -259,7 +259,7 @@ class TestStalledLockHolder:
         assert late_outcome.error["blockingConversationId"] == conversation_id
         assert count(engine, conversations) == 1
         # The stalled holder's write was refused by its fence (token 1 < 2), and its
-        # retry answered from a fresh read without opening anything.
+        # second round, under the lock again (token 3), opened nothing.
         assert [e["reason"] for e in logs if e["event"] == "initiation.lost_race"] == [
             "stale_fence"
         ]
@@ -267,7 +267,7 @@ class TestStalledLockHolder:
             token = conn.execute(
                 select(channel_fences.c.token).where(channel_fences.c.channel_id == channel)
             ).scalar_one()
-        assert token == 2
+        assert token == 3
 
 
 class TestRedelivery:

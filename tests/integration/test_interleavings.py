@@ -9,7 +9,7 @@ then moves the world on and lets the actor go; outcomes are read from the rows.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
@@ -59,13 +59,13 @@ class GatedLocks:
         self.asked_again = threading.Event()
 
     @contextmanager
-    def hold(self, channel_id: UUID) -> Iterator[int]:
+    def hold(self, channel_ids: Collection[UUID]) -> Iterator[dict[UUID, int]]:
         if self.gate.reached.is_set():
             self.asked_again.set()
         else:
             self.gate.stop_here()
-        with self.inner.hold(channel_id) as fence:
-            yield fence
+        with self.inner.hold(channel_ids) as tokens:
+            yield tokens
 
 
 class OutrunLocks:
@@ -75,9 +75,9 @@ class OutrunLocks:
         self.inner = inner
 
     @contextmanager
-    def hold(self, channel_id: UUID) -> Iterator[int]:
-        with self.inner.hold(channel_id) as fence:
-            yield fence - 1
+    def hold(self, channel_ids: Collection[UUID]) -> Iterator[dict[UUID, int]]:
+        with self.inner.hold(channel_ids) as tokens:
+            yield {channel_id: token - 1 for channel_id, token in tokens.items()}
 
 
 Step = Callable[[str], bool]
@@ -118,7 +118,7 @@ def command_claim(sql: str) -> bool:
 
 def quota_read(sql: str) -> bool:
     """The last read of check 10: conversations opened per channel in 24 h."""
-    return "FROM conversations" in sql and "GROUP BY conversations.channel_id" in sql
+    return "FROM channel_openings" in sql
 
 
 def conversation_insert(sql: str) -> bool:
@@ -331,7 +331,8 @@ class TestStaleHolderInsideItsWrite:
         assert late.error["channelId"] == str(channel)
         assert rows(engine, conversations.c.contact_id) == [(second_contact,)]
         assert stored(engine, stale) == ("failed", "ChannelDailyLimitReached")
-        assert rows(engine, channel_fences.c.token) == [(2,)]
+        # Tokens: the stale holder's (1), the taker's (2), the stale holder's second round (3).
+        assert rows(engine, channel_fences.c.token) == [(3,)]
 
 
 class TestConversationClosedUnderAReuse:

@@ -15,7 +15,14 @@ from redis import Redis
 from sqlalchemy import Engine, Row, Table, func, select, text, update
 
 from tests.world import World, body
-from worker.store.tables import commands, conversations, follow_ups, messages, outbox
+from worker.store.tables import (
+    channel_openings,
+    commands,
+    conversations,
+    follow_ups,
+    messages,
+    outbox,
+)
 
 CREATED = "leadscout.conversation.created"
 REUSED = "leadscout.conversation.reused"
@@ -80,6 +87,16 @@ def event_of(engine: Engine, command_id: UUID | str) -> tuple[str, dict[str, Any
         ).all()
     assert len(rows) == 1
     return rows[0].event_type, rows[0].payload
+
+
+def move_openings(engine: Engine, channel_id: UUID, age: str) -> None:
+    """Moves the channel's opening counters ``age`` (a PostgreSQL interval) into the past."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(channel_openings)
+            .where(channel_openings.c.channel_id == channel_id)
+            .values(hour=func.date_trunc("hour", func.now() - text(f"interval '{age}'")))
+        )
 
 
 def set_conversation(engine: Engine, conversation_id: str, **values: Any) -> None:
@@ -741,6 +758,7 @@ class TestDailyQuota:
         channel = shop.channel(dailyLimit=1)
         old = shop.open_on(channel, shop.w.contact(phone="+5215500000033"))
         set_conversation(shop.engine, old, created_at=text("now() - interval '25 hours'"))
+        move_openings(shop.engine, channel, "25 hours")
 
         result = succeed(shop.w, **shop.request(providerChannelId=channel))
 

@@ -136,10 +136,10 @@ class TestSelectionContention:
         contended = threading.Event()
         contended.set()
 
-        def check(conn: Any, channel_id: UUID, token: int) -> None:
+        def check(conn: Any, tokens: dict[UUID, int]) -> None:
             if contended.is_set():
                 raise fences.StaleFence()
-            real_check(conn, channel_id, token)
+            real_check(conn, tokens)
 
         monkeypatch.setattr(fences, "check", check)
         retries.then = contended.clear

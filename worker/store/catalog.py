@@ -42,7 +42,7 @@ from worker.store.tables import agents, brands, channels, contacts, templates, u
 def load(
     conn: Connection, workspace_id: UUID, requests: Iterable[InitiateOutboundRequest]
 ) -> Catalog:
-    """What ``requests`` can refer to; channels and agents are read whole (they are few)."""
+    """What ``requests`` can refer to; every channel is read, with its agent (they are few)."""
     requests = list(requests)
     user_ids = {r.handoff_override.user_id for r in requests if r.handoff_override}
     return Catalog(
@@ -62,7 +62,22 @@ def load(
                 conn, brands, workspace_id, {r.brand_id for r in requests if r.brand_id}
             )
         ),
-        channels={
+        **_channels_and_agents(conn, workspace_id),
+        users={
+            row.id: User(row.id, row.active) for row in _rows(conn, users, workspace_id, user_ids)
+        },
+    )
+
+
+def _channels_and_agents(conn: Connection, workspace_id: UUID) -> dict[str, Any]:
+    """Every channel of the workspace with the agent it names, in one statement."""
+    rows = conn.execute(
+        select(channels, agents.c.kind.label("agent_kind"), agents.c.active.label("agent_active"))
+        .outerjoin(agents, channels.c.agent_id == agents.c.id)
+        .where(channels.c.workspace_id == workspace_id)
+    ).all()
+    return {
+        "channels": {
             row.id: Channel(
                 row.id,
                 row.type,
@@ -73,15 +88,14 @@ def load(
                 row.daily_limit,
                 row.priority,
             )
-            for row in _rows(conn, channels, workspace_id)
+            for row in rows
         },
-        agents={
-            row.id: Agent(row.id, row.kind, row.active) for row in _rows(conn, agents, workspace_id)
+        "agents": {
+            row.agent_id: Agent(row.agent_id, row.agent_kind, row.agent_active)
+            for row in rows
+            if row.agent_kind is not None
         },
-        users={
-            row.id: User(row.id, row.active) for row in _rows(conn, users, workspace_id, user_ids)
-        },
-    )
+    }
 
 
 def _rows(conn: Connection, table: Table, workspace_id: UUID, ids: set[UUID] | None = None) -> Any:

@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 from uuid import UUID
 
-from sqlalchemy import Connection, delete, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    any_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from schemas.commands import InitiateOutbound
-from worker.store.tables import commands
+from worker.store.tables import NullableJSONB, commands
 
 Finished = Literal["succeeded", "failed"]
 FINISHED: tuple[Finished, ...] = ("succeeded", "failed")
@@ -45,6 +59,13 @@ def record(
     conn.execute(insert(commands).values(_row(command, idempotency_key, body_hash, batch_id)))
 
 
+def record_batch(conn: Connection, batch_id: UUID, batch: Sequence[InitiateOutbound]) -> None:
+    """Records a batch's commands with one executemany, each row as ``record`` writes it;
+    the Idempotency-Key belongs to the batch, not to its commands."""
+    if batch:
+        conn.execute(insert(commands), [_row(command, None, None, batch_id) for command in batch])
+
+
 def _row(
     command: InitiateOutbound,
     idempotency_key: str | None,
@@ -62,45 +83,77 @@ def _row(
     }
 
 
-def mark_processing(conn: Connection, command_id: UUID) -> Outcome | None:
-    """Moves an accepted command to processing; returns its outcome if it already has one."""
-    conn.execute(
+def mark_processing(conn: Connection, command_ids: Collection[UUID]) -> dict[UUID, Outcome]:
+    """Moves accepted commands to processing; returns the outcomes of those already finished.
+
+    One statement: a finished row is rewritten unchanged, which only a redelivery meets.
+    """
+    rows = conn.execute(
         update(commands)
-        .where(commands.c.id == command_id, commands.c.status == "accepted")
-        .values(status="processing", updated_at=func.now())
-    )
-    return _outcome(conn, command_id, lock=False)
+        .where(commands.c.id == any_(_ids(command_ids)))
+        .values(
+            status=case((commands.c.status == "accepted", "processing"), else_=commands.c.status),
+            updated_at=func.now(),
+        )
+        .returning(commands.c.id, commands.c.status, commands.c.result, commands.c.error)
+    ).all()
+    return _outcomes(command_ids, rows)
 
 
-def claim(conn: Connection, command_id: UUID) -> Outcome | None:
-    """Locks the command row for this transaction; returns its outcome if it already has one.
+def claim(conn: Connection, command_ids: Collection[UUID]) -> dict[UUID, Outcome]:
+    """Locks the command rows for this transaction; returns the outcomes already recorded.
 
     Two deliveries of one command serialize here, so the second sees the first's outcome.
+    Rows are locked in id order, so two overlapping chunks cannot deadlock.
     """
-    return _outcome(conn, command_id, lock=True)
+    rows = conn.execute(
+        select(commands.c.id, commands.c.status, commands.c.result, commands.c.error)
+        .where(commands.c.id == any_(_ids(command_ids)))
+        .order_by(commands.c.id)
+        .with_for_update()
+    ).all()
+    return _outcomes(command_ids, rows)
 
 
-def _outcome(conn: Connection, command_id: UUID, *, lock: bool) -> Outcome | None:
-    stored = _stored(conn, commands.c.id == command_id, lock=lock)
-    if stored is None:
-        raise UnknownCommand(command_id)
-    if not stored.finished:
-        return None
-    return Outcome(command_id, cast(Finished, stored.status), stored.result, stored.error)
+def _ids(command_ids: Collection[UUID]) -> Any:
+    return bindparam("command_ids", list(command_ids), ARRAY(PgUUID(as_uuid=True)))
 
 
-def finish(conn: Connection, outcome: Outcome) -> None:
+def _outcomes(command_ids: Collection[UUID], rows: Sequence[Any]) -> dict[UUID, Outcome]:
+    if missing := set(command_ids) - {row.id for row in rows}:
+        raise UnknownCommand(min(missing))
+    return {
+        row.id: Outcome(row.id, cast(Finished, row.status), row.result, row.error)
+        for row in rows
+        if row.status in FINISHED
+    }
+
+
+def finish(conn: Connection, outcomes: Collection[Outcome]) -> None:
+    """Records the outcomes (one statement, executed as a batch)."""
+    if not outcomes:
+        return
     conn.execute(
         update(commands)
-        .where(commands.c.id == outcome.command_id)
+        .where(commands.c.id == bindparam("outcome_id"))
         .values(
-            status=outcome.status,
-            result=outcome.result,
-            error=outcome.error,
-            error_code=outcome.error["code"] if outcome.error else None,
+            status=bindparam("outcome_status"),
+            result=bindparam("outcome_result", type_=NullableJSONB),
+            error=bindparam("outcome_error", type_=NullableJSONB),
+            error_code=bindparam("outcome_code"),
             updated_at=func.now(),
             completed_at=func.now(),
-        )
+        ),
+        [
+            {
+                "outcome_id": outcome.command_id,
+                "outcome_status": outcome.status,
+                "outcome_result": outcome.result,
+                "outcome_error": outcome.error,
+                "outcome_code": outcome.error["code"] if outcome.error else None,
+            }
+            for outcome in outcomes
+        ],
     )
 
 
@@ -180,6 +233,19 @@ def discard(conn: Connection, command_id: UUID) -> None:
     conn.execute(
         delete(commands).where(commands.c.id == command_id, commands.c.status == "accepted")
     )
+
+
+def load(conn: Connection, command_ids: Sequence[UUID]) -> list[InitiateOutbound]:
+    """The recorded commands among ``command_ids``, in that order (unknown ids are skipped)."""
+    rows = conn.execute(
+        select(commands.c.id, commands.c.payload).where(commands.c.id.in_(command_ids))
+    ).all()
+    by_id = {row.id: row.payload for row in rows}
+    return [
+        InitiateOutbound.model_validate(by_id[command_id])
+        for command_id in command_ids
+        if command_id in by_id
+    ]
 
 
 def find_any(conn: Connection, command_id: UUID) -> StoredCommand | None:

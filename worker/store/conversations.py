@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Collection
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import Connection, RowMapping, func, insert, select, text, update
+from sqlalchemy import Connection, RowMapping, any_, bindparam, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import UUID as PgUUID
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from worker.model import ContactState, Conversation
-from worker.store.tables import conversations, follow_ups, messages
+from worker.model import Conversation
+from worker.store.tables import channel_openings, conversations, follow_ups, messages
 
 _CONVERSATION_FIELDS = (
     conversations.c.id,
@@ -26,39 +30,72 @@ _CONVERSATION_FIELDS = (
 )
 
 
-def contact_state(
-    conn: Connection, workspace_id: UUID, contact_id: UUID, channel_ids: Sequence[UUID]
-) -> ContactState:
-    """The contact's conversations, and how many fresh ones each channel opened in 24 h."""
+def contact_conversations(
+    conn: Connection, workspace_id: UUID, contact_ids: Collection[UUID]
+) -> dict[UUID, tuple[Conversation, ...]]:
+    """Every conversation of these contacts, grouped by contact, in creation order."""
     rows = conn.execute(
-        select(*_CONVERSATION_FIELDS).where(
+        select(*_CONVERSATION_FIELDS)
+        .where(
             conversations.c.workspace_id == workspace_id,
-            conversations.c.contact_id == contact_id,
+            conversations.c.contact_id == any_(_uuids("contact_ids", contact_ids)),
         )
+        .order_by(conversations.c.seq)
     ).all()
-    return ContactState(
-        conversations=tuple(Conversation(**row._mapping) for row in rows),
-        opened_last_24h=opened_last_24h(conn, channel_ids),
+    grouped: dict[UUID, list[Conversation]] = defaultdict(list)
+    for row in rows:
+        grouped[row.contact_id].append(Conversation(**row._mapping))
+    return {contact_id: tuple(found) for contact_id, found in grouped.items()}
+
+
+# A conversation counts in its hour's bucket; the window takes every bucket that overlaps
+# the last 24 h, so a channel never opens more than its limit in any 24 h (an opening
+# counts for 24 to 25 h).
+_WINDOW_START = func.date_trunc("hour", func.now() - text("interval '24 hours'"))
+
+
+def opened_last_24h(conn: Connection, channel_ids: Collection[UUID]) -> dict[UUID, int]:
+    """Fresh conversations per channel in the window: at most 25 counter rows per channel."""
+    rows = conn.execute(
+        select(channel_openings.c.channel_id, func.sum(channel_openings.c.n))
+        .where(
+            channel_openings.c.channel_id == any_(_uuids("channel_ids", channel_ids)),
+            channel_openings.c.hour >= _WINDOW_START,
+        )
+        .group_by(channel_openings.c.channel_id)
+    ).all()
+    return {channel_id: int(total) for channel_id, total in rows}
+
+
+def count_openings(conn: Connection, opened: Counter[UUID]) -> None:
+    """Adds fresh conversations to their channels' current hour, in the caller's transaction."""
+    if not opened:
+        return
+    hour = func.date_trunc("hour", func.now())
+    stmt = pg_insert(channel_openings).values(
+        [{"channel_id": channel_id, "hour": hour, "n": n} for channel_id, n in opened.items()]
+    )
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[channel_openings.c.channel_id, channel_openings.c.hour],
+            set_={"n": channel_openings.c.n + stmt.excluded.n},
+        )
     )
 
 
-def opened_last_24h(conn: Connection, channel_ids: Sequence[UUID]) -> dict[UUID, int]:
-    rows = conn.execute(
-        select(conversations.c.channel_id, func.count())
-        .where(
-            conversations.c.channel_id.in_(channel_ids),
-            conversations.c.created_at > func.now() - text("interval '24 hours'"),
-        )
-        .group_by(conversations.c.channel_id)
-    ).all()
-    return {channel_id: count for channel_id, count in rows}
+def _uuids(name: str, values: Collection[UUID]) -> Any:
+    return bindparam(name, list(values), ARRAY(PgUUID(as_uuid=True)))
 
 
-def insert_conversation(conn: Connection, values: dict[str, Any]) -> RowMapping:
-    return (
-        conn.execute(insert(conversations).values(id=uuid4(), **values).returning(conversations))
-        .mappings()
-        .one()
+def insert_conversations(conn: Connection, values: list[dict[str, Any]]) -> list[RowMapping]:
+    """Fresh conversations in one statement; rows come back in the order of ``values``."""
+    if not values:
+        return []
+    return list(
+        conn.execute(
+            insert(conversations).returning(conversations, sort_by_parameter_order=True),
+            [{"id": uuid4(), **row} for row in values],
+        ).mappings()
     )
 
 
@@ -87,43 +124,25 @@ def update_conversation(
     )
 
 
-def add_template_message(
-    conn: Connection, conversation_id: UUID, template_id: UUID, body: str, command_id: UUID
-) -> None:
-    conn.execute(
-        insert(messages).values(
-            id=uuid4(),
-            conversation_id=conversation_id,
-            kind="template",
-            body=body,
-            status="queued",
-            template_id=template_id,
-            command_id=command_id,
-        )
-    )
+def add_template_messages(conn: Connection, values: list[dict[str, Any]]) -> None:
+    """Template messages (``conversation_id``, ``template_id``, ``body``, ``command_id``)."""
+    if values:
+        rows = [{"id": uuid4(), "kind": "template", "status": "queued", **row} for row in values]
+        conn.execute(insert(messages), rows)
 
 
-def append_follow_ups(
-    conn: Connection, conversation_id: UUID, contents: list[dict[str, Any]], command_id: UUID
-) -> None:
-    """Stores follow-ups after the conversation's last position (the caller holds its row lock)."""
-    if not contents:
-        return
-    last = conn.execute(
-        select(func.coalesce(func.max(follow_ups.c.position), 0)).where(
-            follow_ups.c.conversation_id == conversation_id
-        )
-    ).scalar_one()
-    conn.execute(
-        insert(follow_ups),
-        [
-            {
-                "conversation_id": conversation_id,
-                "position": last + offset,
-                "content": content,
-                "status": "pending",
-                "command_id": command_id,
-            }
-            for offset, content in enumerate(contents, start=1)
-        ],
+def add_follow_ups(conn: Connection, values: list[dict[str, Any]]) -> None:
+    """Follow-ups (``conversation_id``, ``position``, ``content``, ``command_id``)."""
+    if values:
+        conn.execute(insert(follow_ups), [{"status": "pending", **row} for row in values])
+
+
+def last_follow_up_position(conn: Connection, conversation_id: UUID) -> int:
+    """Where the conversation's follow-ups end (the caller holds its row lock)."""
+    return int(
+        conn.execute(
+            select(func.coalesce(func.max(follow_ups.c.position), 0)).where(
+                follow_ups.c.conversation_id == conversation_id
+            )
+        ).scalar_one()
     )

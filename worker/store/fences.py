@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from uuid import UUID
 
 from sqlalchemy import Connection, Engine, select
@@ -14,23 +15,31 @@ class StaleFence(Exception):
     """Someone took the channel lock after us: our lock expired while we stalled."""
 
 
-def issue(engine: Engine, channel_id: UUID) -> int:
-    """Bumps and returns the channel's token, in its own committed transaction."""
-    new = insert(channel_fences).values(channel_id=channel_id, token=1)
+def issue(engine: Engine, channel_ids: Sequence[UUID]) -> dict[UUID, int]:
+    """Bumps and returns the channels' tokens, in one committed transaction."""
+    new = insert(channel_fences).values(
+        [{"channel_id": channel_id, "token": 1} for channel_id in sorted(channel_ids)]
+    )
     stmt = new.on_conflict_do_update(
         index_elements=[channel_fences.c.channel_id],
         set_={"token": channel_fences.c.token + 1},
-    ).returning(channel_fences.c.token)
+    ).returning(channel_fences.c.channel_id, channel_fences.c.token)
     with engine.begin() as conn:
-        return int(conn.execute(stmt).scalar_one())
+        return {channel_id: int(token) for channel_id, token in conn.execute(stmt)}
 
 
-def check(conn: Connection, channel_id: UUID, token: int) -> None:
-    """Holds the channel's fence row until commit; raises if a newer token exists."""
-    current = conn.execute(
-        select(channel_fences.c.token)
-        .where(channel_fences.c.channel_id == channel_id)
-        .with_for_update()
-    ).scalar_one()
-    if current != token:
-        raise StaleFence(f"channel {channel_id}: token {token} superseded by {current}")
+def check(conn: Connection, tokens: dict[UUID, int]) -> None:
+    """Holds the channels' fence rows until commit; raises if any has a newer token."""
+    current = dict(
+        conn.execute(
+            select(channel_fences.c.channel_id, channel_fences.c.token)
+            .where(channel_fences.c.channel_id.in_(tokens))
+            .order_by(channel_fences.c.channel_id)
+            .with_for_update()
+        ).all()
+    )
+    for channel_id, token in tokens.items():
+        if current[channel_id] != token:
+            raise StaleFence(
+                f"channel {channel_id}: token {token} superseded by {current[channel_id]}"
+            )

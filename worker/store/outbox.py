@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from uuid import UUID
 
 from sqlalchemy import Connection, insert
@@ -11,12 +12,23 @@ from worker.store.tables import outbox
 
 
 def add(conn: Connection, event: Event, command_id: UUID | None = None) -> None:
+    add_many(conn, [(event, command_id)])
+
+
+def add_many(conn: Connection, events: Sequence[tuple[Event, UUID | None]]) -> None:
+    """Outbox rows for ``(event, command_id)`` pairs, in one batched statement."""
+    if not events:
+        return
     conn.execute(
-        insert(outbox).values(
-            event_id=event.id,
-            event_type=event.type,
-            workspace_id=event.workspaceid,
-            command_id=command_id,
-            payload=event.model_dump(mode="json"),
-        )
+        insert(outbox),
+        [
+            {
+                "event_id": event.id,
+                "event_type": event.type,
+                "workspace_id": event.workspaceid,
+                "command_id": command_id,
+                "payload": event.model_dump(mode="json"),
+            }
+            for event, command_id in events
+        ],
     )

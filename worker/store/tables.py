@@ -238,7 +238,18 @@ batches = Table(
     _workspace_id(),
     Column("campaign_id", String(128), nullable=False),
     Column("total", Integer, nullable=False),
+    # SPEC 4.3 idempotency: a replay answers the stored batch, its invalid items included.
+    Column("idempotency_key", String(255), nullable=True),
+    Column("request_hash", String(64), nullable=True),
+    Column("invalid", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     _created_at(),
+    Index(
+        "uq_batches_workspace_id_idempotency_key",
+        "workspace_id",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
 )
 
 commands = Table(
@@ -286,6 +297,22 @@ channel_fences = Table(
     metadata,
     Column("channel_id", UUID(as_uuid=True), ForeignKey("channels.id"), primary_key=True),
     Column("token", BigInteger, nullable=False),
+)
+
+# Fresh conversations opened per channel and hour, written in the conversation's own
+# transaction: the daily quota (SPEC 4.1) sums at most 25 rows whatever the day's volume.
+channel_openings = Table(
+    "channel_openings",
+    metadata,
+    Column(
+        "channel_id",
+        UUID(as_uuid=True),
+        ForeignKey("channels.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("hour", DateTime(timezone=True), primary_key=True),
+    Column("n", Integer, nullable=False),
+    CheckConstraint("n > 0", name="n"),
 )
 
 outbox = Table(
