@@ -14,10 +14,11 @@ from api_shim import openapi, problems
 from api_shim.guard import GuardMiddleware, KeyCache
 from api_shim.intake import Intake
 from api_shim.outcomes import OutcomeListener
-from api_shim.routes import campaigns, conversations, operations, outbound
+from api_shim.routes import batches, campaigns, conversations, operations, outbound
 from api_shim.routes.operations import readiness_redis
 from core.settings import get_settings
 from schemas.api import BlockingConversation, InitiateOutboundRequest
+from schemas.batches import InitiateOutboundBatchRequest
 from worker import metrics
 from worker.celery_app import use_broker
 from worker.runtime import resolved_urls
@@ -50,6 +51,7 @@ def create_app() -> FastAPI:
     )
     problems.install(app)
     app.include_router(outbound.router)
+    app.include_router(batches.router)
     app.include_router(conversations.router)
     app.include_router(campaigns.router)
     app.include_router(operations.router)
@@ -61,7 +63,11 @@ def create_app() -> FastAPI:
     app.add_middleware(GuardMiddleware, keys=KeyCache(lookup))
     app.add_middleware(RequestMetrics)
     openapi.install(
-        app, InitiateOutboundRequest, conversations.HandoffRequest, BlockingConversation
+        app,
+        InitiateOutboundRequest,
+        InitiateOutboundBatchRequest,
+        conversations.HandoffRequest,
+        BlockingConversation,
     )
     return app
 

@@ -63,6 +63,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
             },
         },
         "commandId": {**UUID_STRING, "description": "IdempotencyKeyReused: the key's command."},
+        "batchId": {**UUID_STRING, "description": "IdempotencyKeyReused (batch): the key's batch."},
         "templateStatus": {"type": "string", "description": "TemplateNotApproved."},
         "expected": {"type": "integer", "description": "TemplateParametersMismatch."},
         "got": {"type": "integer", "description": "TemplateParametersMismatch."},

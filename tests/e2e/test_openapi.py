@@ -85,7 +85,7 @@ class TestErrors:
             op["operationId"] for _, _, op in operations(document) if "422" in op["responses"]
         }
 
-        assert with_422 == {"initiateOutbound", "handOffConversation"}
+        assert with_422 == {"initiateOutbound", "initiateOutboundBatch", "handOffConversation"}
         assert "HTTPValidationError" not in json.dumps(document)
         assert "ValidationError" not in document["components"]["schemas"]
 
@@ -184,6 +184,7 @@ class TestParameters:
             "workspaceId": ("string", "uuid"),
             "commandId": ("string", "uuid"),
             "conversationId": ("string", "uuid"),
+            "batchId": ("string", "uuid"),
         }
 
     def test_the_api_key_secures_v1_only(self, document):
@@ -292,3 +293,76 @@ class TestLinks:
             f"/v1/workspaces/{api.world.workspace_id}/leadscout"
             f"/conversations/{answer['conversation']['id']}/handoff"
         )
+
+
+class TestBatch:
+    """The batch operations: their answers, the shape of a body, the link to its status."""
+
+    def test_batch_operations_document_their_statuses(self, document):
+        """202 or 422 for the fan-out, 200 or 404 for the status, the guard's everywhere."""
+        statuses = {
+            operation_id: set(by_id(document)[operation_id][1]["responses"])
+            for operation_id in ("initiateOutboundBatch", "getBatch")
+        }
+
+        assert statuses == {
+            "initiateOutboundBatch": {"202", "401", "403", "413", "422", "503"},
+            "getBatch": {"200", "401", "403", "404", "413", "503"},
+        }
+
+    def test_the_202_has_its_schema_a_location_and_a_link_to_the_status(self, document):
+        accepted = by_id(document)["initiateOutboundBatch"][1]["responses"]["202"]
+
+        assert accepted["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/BatchAccepted"
+        }
+        assert accepted["headers"]["Location"]["required"] is True
+        assert {
+            name: (link["operationId"], link["parameters"])
+            for name, link in accepted["links"].items()
+        } == {
+            "GetBatch": (
+                "getBatch",
+                {"workspaceId": "$request.path.workspaceId", "batchId": "$response.body#/batchId"},
+            )
+        }
+
+    def test_the_body_documents_campaign_defaults_and_items(self, document):
+        """campaignId only at the top; defaults without contactId; 1 to 10,000 items."""
+        schemas = document["components"]["schemas"]
+        body = schemas["InitiateOutboundBatchRequest"]
+        items = body["properties"]["items"]
+
+        assert body["required"] == ["campaignId", "items"]
+        assert (items["minItems"], items["maxItems"]) == (1, 10_000)
+        assert items["items"]["required"] == ["contactId"]
+        assert "campaignId" not in items["items"]["properties"]
+        assert {"campaignId", "contactId"} & set(schemas["RequestDefaults"]["properties"]) == set()
+
+    def test_the_idempotency_key_is_an_optional_string(self, document):
+        parameters = {
+            p["name"]: (p["required"], p["schema"]["type"], p["schema"].get("maxLength"))
+            for p in by_id(document)["initiateOutboundBatch"][1]["parameters"]
+            if p["in"] == "header"
+        }
+
+        assert parameters == {"Idempotency-Key": (False, "string", 255)}
+
+    def test_the_link_leads_from_a_real_batch_to_its_status(self, document, api, catalog):
+        request = {
+            "campaignId": "spring",
+            "defaults": {"template": {"templateId": str(catalog.template)}},
+            "items": [{}],
+        }
+        answer = api.client.post(
+            api.base + "/outbound/batch", json=request, headers=api.headers()
+        ).json()
+        link = by_id(document)["initiateOutboundBatch"][1]["responses"]["202"]["links"]["GetBatch"]
+        path = by_id(document)[link["operationId"]][0].format(
+            workspaceId=api.world.workspace_id,
+            batchId=resolve(link["parameters"]["batchId"], answer),
+        )
+
+        response = api.client.get(path, headers=api.headers())
+
+        assert (response.status_code, response.json()["batchId"]) == (200, answer["batchId"])

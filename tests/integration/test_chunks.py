@@ -65,7 +65,8 @@ class Built:
         # Ids in the same order in every world: the last tie-break of SPEC 4.1's order is the id.
         ids = sorted(str(uuid4()) for _ in shape.channels)
         self.channels = [
-            world.channel(agent, id=id_, **fields) for id_, fields in zip(ids, shape.channels)
+            world.channel(agent, id=id_, **fields)
+            for id_, fields in zip(ids, shape.channels, strict=True)
         ]
         self.contacts = [
             world.contact(opted_out=opted_out, phone=f"+52155{i:08d}")
@@ -76,7 +77,9 @@ class Built:
         self.conversation_index: dict[str, tuple[int, int]] = {}
         for contact, channel, closed in shape.history:
             outcome = world.initiate(
-                **body(self.contacts[contact], self.template, providerChannelId=self.channels[channel])
+                **body(
+                    self.contacts[contact], self.template, providerChannelId=self.channels[channel]
+                )
             )
             if outcome.status == "succeeded" and closed:
                 self._close(outcome.result["conversation"]["id"])
@@ -207,7 +210,9 @@ class TestQuotaInAChunk:
             thread.join(60)
         assert not any(thread.is_alive() for thread in threads)
 
-        codes = Counter(o.error["code"] if o.error else "created" for n in (0, 1) for o in results[n])
+        codes = Counter(
+            o.error["code"] if o.error else "created" for n in (0, 1) for o in results[n]
+        )
         assert codes == {"created": 60, "ChannelDailyLimitReached": 20}
         assert opened_rows(engine) == dict.fromkeys(channels, 30)
         assert opened_counter(engine) == dict.fromkeys(channels, 30)
