@@ -69,9 +69,11 @@ def run(settings: Settings, host: str, port: int) -> None:
     }
     commands = [
         ["api", "--host", host, "--port", str(port)],
-        ["worker", "--concurrency", "2"],
+        # Single initiations have a worker of their own, so a campaign cannot hold them up.
+        ["worker", "--concurrency", "1", "--queues", "leadscout"],
         ["relay"],
         ["reporter"],
+        ["worker", "--concurrency", "2", "--queues", "leadscout.campaign"],
     ]
     children = [
         subprocess.Popen(
@@ -88,7 +90,8 @@ def run(settings: Settings, host: str, port: int) -> None:
 
 
 def _with_metrics_port(env: dict[str, str], offset: int) -> dict[str, str]:
-    """LEADSCOUT_METRICS_PORT=P gives the worker P+1, the relay P+2, the reporter P+3.
+    """LEADSCOUT_METRICS_PORT=P gives the worker P+1, the relay P+2, the reporter P+3, the
+    campaign worker P+4.
 
     One port each: processes that share a host cannot share a listener.
     """
@@ -116,6 +119,10 @@ def _announce(stack: DevStack, host: str, port: int) -> None:
         f"  curl -sS -X POST {url} \\\n"
         f"    -H 'X-API-Key: {stack.api_key}' -H 'Content-Type: application/json' \\\n"
         f"    -d '{body}'\n\n"
+        f"A campaign from a CSV (contactId,p1,p2 per row):\n"
+        f"  LEADSCOUT_API_URL={base} LEADSCOUT_API_KEY={stack.api_key} \\\n"
+        f"    leadscout campaign launch --workspace {stack.workspace_id} \\\n"
+        f"    --template {DEMO_TEMPLATE_ID} --contacts leads.csv\n\n"
         f"Ctrl-C stops everything.\n",
         flush=True,
     )

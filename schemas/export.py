@@ -13,8 +13,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from schemas.api import CommandStatus, InitiateOutboundRequest, InitiateOutboundResult
+from schemas.batches import BatchAccepted, BatchStatus, InitiateOutboundBatchRequest
 from schemas.commands import InitiateOutbound
 from schemas.events import EVENT_CLASSES
+from schemas.reporting import CampaignStats
 
 JSON_DIR = Path(__file__).parent / "json"
 PUBLISHED: tuple[type[BaseModel], ...] = (
@@ -23,6 +25,10 @@ PUBLISHED: tuple[type[BaseModel], ...] = (
     InitiateOutboundRequest,
     InitiateOutboundResult,
     CommandStatus,
+    InitiateOutboundBatchRequest,
+    BatchAccepted,
+    BatchStatus,
+    CampaignStats,
 )
 
 

@@ -22,7 +22,7 @@ from leadscout.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_IMAGE = "leadscout-outbound:dev"
-APP_SERVICES = ("migrate", "api", "worker", "relay", "reporter")
+APP_SERVICES = ("migrate", "api", "worker", "campaign-worker", "relay", "reporter")
 # check-jsonschema vendors the schema published by github.com/compose-spec/compose-spec.
 COMPOSE_SPEC = files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
 
@@ -138,6 +138,7 @@ class TestDependencies:
             "migrate": {"postgres": "service_healthy"},
             "api": after_migrate,
             "worker": after_migrate,
+            "campaign-worker": after_migrate,
             "relay": after_migrate,
             "reporter": after_migrate,
         }

@@ -223,9 +223,11 @@ def record_idempotent(
         )
         .values(idempotency_key=None)
     ).rowcount
-    if released:
+    holder_now = None if released else _stored(conn, *holder)
+    if holder_now is None:
+        # Released, or discarded (its publish failed) since our insert met it: try again.
         return record_idempotent(conn, command, idempotency_key, body_hash)
-    return _stored(conn, *holder)
+    return holder_now
 
 
 def discard(conn: Connection, command_id: UUID) -> None:
