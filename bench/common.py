@@ -159,7 +159,8 @@ def _uuid() -> str:
 
 @dataclass
 class Stack:
-    """The service as real processes: api, worker (or worker1..N), relay, reporter."""
+    """The service as real processes: api, worker (single initiations), worker.campaign (or
+    worker.campaign1..N), relay, reporter."""
 
     api_url: str
     processes: dict[str, subprocess.Popen[bytes]]
@@ -182,10 +183,20 @@ def service_stack(servers: Servers, logs: Path, workers: int, concurrency: int) 
     """Starts every process (logs under ``logs``), waits until the API is ready and every
     worker consumes; stops them all after."""
     port = _free_port()
-    worker_names = ["worker"] if workers == 1 else [f"worker{i}" for i in range(1, workers + 1)]
+    campaign_workers = (
+        ["worker.campaign"]
+        if workers == 1
+        else [f"worker.campaign{i}" for i in range(1, workers + 1)]
+    )
+    campaign_queue = ["--queues", "leadscout.campaign"]
     commands = {
         "api": ["api", "--host", "127.0.0.1", "--port", str(port)],
-        **{name: ["worker", "--concurrency", str(concurrency)] for name in worker_names},
+        # As `leadscout dev` runs them: single initiations have workers of their own.
+        "worker": ["worker", "--concurrency", "2", "--queues", "leadscout"],
+        **{
+            name: ["worker", "--concurrency", str(concurrency), *campaign_queue]
+            for name in campaign_workers
+        },
         "relay": ["relay"],
         "reporter": ["reporter"],
     }
@@ -252,6 +263,39 @@ def peak_rss_mb(processes: dict[str, int]) -> dict[str, float]:
             if (peak := _vm_hwm_mb(member)) is not None:
                 peaks[f"{name}.{index}" if index else name] = peak
     return peaks
+
+
+def cpu_seconds(processes: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds of each process with all its descendants, so far."""
+    children = _children_by_parent()
+    return {
+        name: sum(_cpu_of(member) for member in _family(pid, children))
+        for name, pid in processes.items()
+    }
+
+
+def machine_cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine (every core), from /proc/stat."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_of(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def format_cpu(seconds: dict[str, float]) -> str:
+    return " ".join(f"{name}={s:.1f}s" for name, s in seconds.items())
 
 
 def _children_by_parent() -> dict[int, list[int]]:

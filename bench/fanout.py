@@ -59,10 +59,13 @@ from bench.common import (  # noqa: E402
     Servers,
     Stack,
     Workspace,
+    cpu_seconds,
     create_workspace,
+    format_cpu,
     format_rss,
     import_catalog,
     leadscout,
+    machine_cpu_seconds,
     peak_rss_mb,
     progress,
     servers,
@@ -151,6 +154,9 @@ class CampaignRun:
     events: Events
     seconds: float  # first accepted → last initiation event on the stream
     peak_rss_mb: dict[str, float]
+    # CPU seconds during the campaign per service process (its pool included); "rest" is the
+    # rest of the machine: PostgreSQL, Redis, the launch command.
+    cpu_s: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -169,6 +175,7 @@ class CampaignRun:
             f"fanout: per command accepted→committed p50={c['p50'] * 1000:.0f}ms"
             f" p99={c['p99'] * 1000:.0f}ms",
             f"fanout: peak_rss_mb {format_rss(self.peak_rss_mb)}",
+            f"fanout: cpu_during_campaign {format_cpu(self.cpu_s)}",
             *(f"fanout: FAILED: {failure}" for failure in self.failures),
         ]
 
@@ -183,9 +190,13 @@ def _campaign(
         clocks = Clocks.read(engine, redis)
         after = _last_entry_id(redis)
         progress(f"fanout: launching the campaign in workspace {workspace.id}")
+        pids = {n: p.pid for n, p in stack.processes.items()} if stack else {}
+        cpu_before, machine_before = cpu_seconds(pids), machine_cpu_seconds()
         with _profiled(args.profile, stack, folder):
             launch = _launch(args, urls, folder, workspace, catalog, contacts, api_url)
             _follow(launch, redis, stack, args.leads)
+        cpu = {n: s - cpu_before.get(n, 0.0) for n, s in cpu_seconds(pids).items()}
+        cpu["rest"] = machine_cpu_seconds() - machine_before - sum(cpu.values())
         progress("fanout: campaign finished; reading the stream and the commands")
         _wait_outbox_sent(engine, workspace)
         events = _campaign_events(redis, after, workspace.id)
@@ -197,7 +208,7 @@ def _campaign(
     seconds = clocks.seconds_between(commands["first_accepted"], events.last_arrival)
     summary = json.loads(launch.out.read_text())
     peaks["launch"] = launch.peak_rss_mb
-    run = CampaignRun(args.leads, summary, commands, events, seconds, peaks)
+    run = CampaignRun(args.leads, summary, commands, events, seconds, peaks, cpu)
     run.failures = _failures(run)
     return run
 
@@ -421,7 +432,7 @@ def _profiled(output: str | None, stack: Stack | None, folder: Path) -> Iterator
         progress("fanout: --profile: py-spy is not in .venv (pip install py-spy); no profile")
         yield
         return
-    worker = stack.processes[stack.workers()[0]]
+    worker = stack.processes[next(n for n in stack.workers() if n.startswith("worker.campaign"))]
     output = str(Path(output).resolve())
     command = [str(PY_SPY), "record", "--pid", str(worker.pid), "--subprocesses", "-o", output]
     with started(command, dict(os.environ), folder / "py-spy.log", stop=signal.SIGINT):

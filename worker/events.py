@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import uuid4
-
-from sqlalchemy import RowMapping
 
 from schemas.commands import InitiateOutbound
 from schemas.errors import ErrorCode
@@ -50,7 +49,7 @@ def whatsapp_message(
 def initiation_event(
     command: InitiateOutbound,
     eligible: Eligible,
-    conversation: RowMapping,
+    conversation: Mapping[Any, Any],
     previous_control: str | None,
 ) -> ConversationCreated | ConversationReused:
     request = command.request

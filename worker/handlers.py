@@ -20,7 +20,7 @@ A command whose choice moved to a channel we do not hold, or whose round lost a 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
@@ -28,7 +28,7 @@ from uuid import UUID
 
 import structlog
 from psycopg.errors import UniqueViolation
-from sqlalchemy import Connection, Engine, RowMapping
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from schemas.api import InitiateOutboundRequest
@@ -283,7 +283,7 @@ def write(conn: Connection, settled: list[tuple[Pending, Verdict]]) -> dict[UUID
         conn, [_fresh_row(item.command, decision) for item, decision in fresh]
     )
     conversation_store.count_openings(conn, Counter(d.channel.id for _, d in fresh))
-    written: dict[UUID, tuple[RowMapping, str | None, int]] = {
+    written: dict[UUID, tuple[Mapping[Any, Any], str | None, int]] = {
         item.command.command_id: (row, None, 0)
         for (item, _), row in zip(fresh, opened, strict=True)
     }
@@ -297,7 +297,7 @@ def write(conn: Connection, settled: list[tuple[Pending, Verdict]]) -> dict[UUID
 def _append_messages(
     conn: Connection,
     items: list[Pending],
-    written: dict[UUID, tuple[RowMapping, str | None, int]],
+    written: dict[UUID, tuple[Mapping[Any, Any], str | None, int]],
 ) -> dict[UUID, Outcome]:
     """Each command's template message and follow-ups, its event and its outcome."""
     messages, follow_ups = [], []
@@ -372,7 +372,7 @@ def _fresh_row(command: InitiateOutbound, decision: OpenFresh) -> dict[str, Any]
 
 def _reuse(
     conn: Connection, command: InitiateOutbound, decision: Reuse
-) -> tuple[RowMapping, str, int]:
+) -> tuple[Mapping[Any, Any], str, int]:
     """Control back to the prospection agent; present, non-null fields replace stored ones.
 
     Returns the new row, the control it had (read under its row lock) and where its

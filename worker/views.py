@@ -6,12 +6,12 @@ calls (4.4's flat object) all present conversations through this one module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Row, RowMapping
+from sqlalchemy import Row
 
 from worker.model import Contact, Conversation, Template
 
@@ -26,7 +26,7 @@ def _text(value: UUID | None) -> str | None:
     return None if value is None else str(value)
 
 
-def conversation_view(row: RowMapping) -> dict[str, Any]:
+def conversation_view(row: Mapping[Any, Any]) -> dict[str, Any]:
     """SPEC 4.1's ``conversation`` member, in its order."""
     return {
         "id": str(row["id"]),
@@ -60,7 +60,7 @@ def blocking_view(conversation: Conversation) -> dict[str, object]:
 
 def initiation_result(
     command_id: UUID,
-    conversation: RowMapping,
+    conversation: Mapping[Any, Any],
     contact: Contact,
     template: Template,
     rendered: str,
@@ -86,7 +86,9 @@ def initiation_result(
 
 
 def conversation_detail(
-    conversation: RowMapping, template_messages: Sequence[AnyRow], follow_ups: Sequence[AnyRow]
+    conversation: Mapping[Any, Any],
+    template_messages: Sequence[AnyRow],
+    follow_ups: Sequence[AnyRow],
 ) -> dict[str, Any]:
     """SPEC 4.4's flat object: the conversation, its template messages and follow-ups."""
     return {

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, event, func, select
 
 from tests.world import World, body
 from worker import handlers, lifecycle
+from worker.store import bulk
 from worker.store.commands import Outcome
 from worker.store.tables import channel_openings, conversations, follow_ups, messages, outbox
 
@@ -282,7 +283,7 @@ class TestStatementsOfOneInitiation:
     """A single initiation costs a handful of statements, not thirty-one (issue 7): what
     the worker's handler sends for a fresh conversation on a one-channel workspace."""
 
-    def test_a_fresh_conversation(self, engine: Engine, redis: Redis):
+    def test_a_fresh_conversation(self, engine: Engine, redis: Redis, monkeypatch):
         world = World(engine, redis)
         world.channel(world.agent())
         command = world.command(**body(world.contact(), world.template()))
@@ -291,6 +292,13 @@ class TestStatementsOfOneInitiation:
         def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
             statements.append(_statement(statement))
 
+        copy_rows = bulk.copy_rows
+
+        def copied(conn: Any, table: Any, *args: Any) -> int:
+            statements.append(f"COPY {table.name}")  # psycopg's COPY goes around SQLAlchemy
+            return copy_rows(conn, table, *args)
+
+        monkeypatch.setattr(bulk, "copy_rows", copied)
         event.listen(engine, "before_cursor_execute", seen)
         try:
             outcome = handlers.initiate_outbound(command, world.deps)
@@ -308,9 +316,10 @@ class TestStatementsOfOneInitiation:
             "SELECT conversations",  # the contact's
             "SELECT channel_openings",  # quota
             "SELECT channel_fences",  # fence check
-            "INSERT conversations",
+            "SELECT",  # now(), the conversations' creation time
+            "COPY conversations",
             "INSERT channel_openings",
-            "INSERT messages",
-            "INSERT outbox",
+            "COPY messages",
+            "COPY outbox",
             "UPDATE commands",  # outcome
         ]

@@ -121,8 +121,10 @@ def quota_read(sql: str) -> bool:
     return "FROM channel_openings" in sql
 
 
-def conversation_insert(sql: str) -> bool:
-    return sql.startswith("INSERT INTO conversations")
+def conversation_written(sql: str) -> bool:
+    """Counting the opening: the statement right after the fresh conversations' COPY (which
+    goes to psycopg directly, around SQLAlchemy's events)."""
+    return sql.startswith("INSERT INTO channel_openings")
 
 
 def reuse_lock(sql: str) -> bool:
@@ -287,7 +289,7 @@ class TestTargetMovedUnderTheLock:
         b.start()
         gate_b.wait_reached()  # B chose X without the lock
         on_x = world.initiate(**body(contact, template, providerChannelId=x))
-        with engine_stopping(database_url, gate_d, conversation_insert, after=True) as d_engine:
+        with engine_stopping(database_url, gate_d, conversation_written, after=True) as d_engine:
             d_command = world.command(**body(other_contact, template, providerChannelId=y))
             d = start(d_command, make_deps(d_engine, redis))
             gate_d.wait_reached()  # D holds Y's lock and fence, its conversation not committed

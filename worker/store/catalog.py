@@ -11,7 +11,6 @@ from uuid import UUID
 
 import psycopg
 import psycopg.errors
-from psycopg import sql
 from pydantic.alias_generators import to_camel
 from sqlalchemy import (
     Column,
@@ -36,6 +35,7 @@ from sqlalchemy.exc import DBAPIError
 from schemas.api import InitiateOutboundRequest
 from schemas.catalog import CATALOG_KINDS, CatalogFile, CatalogRow
 from worker.model import Agent, Catalog, Channel, Contact, Template, User
+from worker.store import bulk
 from worker.store.tables import agents, brands, channels, contacts, templates, users
 
 
@@ -213,32 +213,9 @@ def _inline(
 
 def _copy(conn: Connection, staging: Table, fields: list[str], rows: Iterable[CatalogRow]) -> int:
     """Streams ``rows`` into ``staging``, each with its index in the file; returns the count."""
-    columns = ["idx", *fields]
-    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        sql.Identifier(staging.name), sql.SQL(", ").join(map(sql.Identifier, columns))
-    )
-    # Binary COPY needs the types up front; it costs the client half of what text does.
-    types = [_type_name(conn, staging.c[name]) for name in columns]
     values = attrgetter(*fields)
-    count = 0
-    with _driver(conn).cursor() as cursor, cursor.copy(statement) as copy:
-        copy.set_types(types)
-        for count, row in enumerate(rows, 1):
-            copy.write_row((count - 1, *values(row)))
-    return count
-
-
-def _type_name(conn: Connection, column: Column[Any]) -> str:
-    """The column's type as psycopg names it: ``VARCHAR(200)`` → ``varchar``."""
-    return str(column.type.compile(dialect=conn.dialect)).split("(")[0].lower()
-
-
-def _driver(conn: Connection) -> psycopg.Connection[Any]:
-    """The psycopg connection under SQLAlchemy's, inside the same transaction."""
-    driver = conn.connection.driver_connection
-    if not isinstance(driver, psycopg.Connection):
-        raise TypeError("the catalog import streams with psycopg's COPY")
-    return driver
+    indexed = ((index, *values(row)) for index, row in enumerate(rows))
+    return bulk.copy_rows(conn, staging, ["idx", *fields], indexed)
 
 
 def _write(conn: Connection, workspace_id: UUID, stage: _Stage) -> dict[str, int]:

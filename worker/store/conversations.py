@@ -7,12 +7,13 @@ from collections.abc import Collection
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import Connection, RowMapping, any_, bindparam, func, insert, select, text, update
+from sqlalchemy import Connection, RowMapping, any_, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from worker.model import Conversation
+from worker.store import bulk
 from worker.store.tables import channel_openings, conversations, follow_ups, messages
 
 _CONVERSATION_FIELDS = (
@@ -87,16 +88,19 @@ def _uuids(name: str, values: Collection[UUID]) -> Any:
     return bindparam(name, list(values), ARRAY(PgUUID(as_uuid=True)))
 
 
-def insert_conversations(conn: Connection, values: list[dict[str, Any]]) -> list[RowMapping]:
-    """Fresh conversations in one statement; rows come back in the order of ``values``."""
+def insert_conversations(conn: Connection, values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fresh conversations in one COPY; returns them as rows (without ``seq``), in order.
+
+    ``created_at`` and ``updated_at`` are the transaction's ``now()``, as the column
+    defaults would have made them.
+    """
     if not values:
         return []
-    return list(
-        conn.execute(
-            insert(conversations).returning(conversations, sort_by_parameter_order=True),
-            [{"id": uuid4(), **row} for row in values],
-        ).mappings()
-    )
+    now = conn.execute(select(func.now())).scalar_one()
+    rows = [{"id": uuid4(), **row, "created_at": now, "updated_at": now} for row in values]
+    columns = list(rows[0])
+    bulk.copy_rows(conn, conversations, columns, ([row[c] for c in columns] for row in rows))
+    return rows
 
 
 def lock_active(conn: Connection, conversation_id: UUID) -> str | None:
@@ -126,15 +130,42 @@ def update_conversation(
 
 def add_template_messages(conn: Connection, values: list[dict[str, Any]]) -> None:
     """Template messages (``conversation_id``, ``template_id``, ``body``, ``command_id``)."""
-    if values:
-        rows = [{"id": uuid4(), "kind": "template", "status": "queued", **row} for row in values]
-        conn.execute(insert(messages), rows)
+    if not values:
+        return
+    columns = ["id", "conversation_id", "kind", "body", "status", "template_id", "command_id"]
+    bulk.copy_rows(
+        conn,
+        messages,
+        columns,
+        (
+            (
+                uuid4(),
+                m["conversation_id"],
+                "template",
+                m["body"],
+                "queued",
+                m["template_id"],
+                m["command_id"],
+            )
+            for m in values
+        ),
+    )
 
 
 def add_follow_ups(conn: Connection, values: list[dict[str, Any]]) -> None:
     """Follow-ups (``conversation_id``, ``position``, ``content``, ``command_id``)."""
-    if values:
-        conn.execute(insert(follow_ups), [{"status": "pending", **row} for row in values])
+    if not values:
+        return
+    columns = ["conversation_id", "position", "content", "status", "command_id"]
+    bulk.copy_rows(
+        conn,
+        follow_ups,
+        columns,
+        (
+            (f["conversation_id"], f["position"], f["content"], "pending", f["command_id"])
+            for f in values
+        ),
+    )
 
 
 def last_follow_up_position(conn: Connection, conversation_id: UUID) -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import UUID
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection
 
 from schemas.events import Event
+from worker.store import bulk
 from worker.store.tables import outbox
 
 
@@ -16,19 +17,16 @@ def add(conn: Connection, event: Event, command_id: UUID | None = None) -> None:
 
 
 def add_many(conn: Connection, events: Sequence[tuple[Event, UUID | None]]) -> None:
-    """Outbox rows for ``(event, command_id)`` pairs, in one batched statement."""
+    """Outbox rows for ``(event, command_id)`` pairs, in one COPY."""
     if not events:
         return
-    conn.execute(
-        insert(outbox),
-        [
-            {
-                "event_id": event.id,
-                "event_type": event.type,
-                "workspace_id": event.workspaceid,
-                "command_id": command_id,
-                "payload": event.model_dump(mode="json"),
-            }
+    columns = ["event_id", "event_type", "workspace_id", "command_id", "payload"]
+    bulk.copy_rows(
+        conn,
+        outbox,
+        columns,
+        (
+            (event.id, event.type, event.workspaceid, command_id, event.model_dump(mode="json"))
             for event, command_id in events
-        ],
+        ),
     )
