@@ -20,7 +20,7 @@ A command whose choice moved to a channel we do not hold, or whose round lost a 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
@@ -265,12 +265,18 @@ def reject(
         outcomes[command.command_id] = Outcome(
             command.command_id, "failed", error=rejection.as_problem(), event_ids=(event.id,)
         )
-        metrics.COMMANDS.labels(outcome=rejection.code.value).inc()
     outbox.add_many(conn, events)
     commands.finish(conn, outcomes.values())
     if rejected:
+        _count(rejection.code.value for _, rejection in rejected)
         logger.info("initiation.rejected", commands=len(rejected))
     return outcomes
+
+
+def _count(outcomes: Iterable[str]) -> None:
+    """``leadscout_commands_total`` by outcome: one increment per label, not per command."""
+    for outcome, n in Counter(outcomes).items():
+        metrics.COMMANDS.labels(outcome=outcome).inc(n)
 
 
 def write(conn: Connection, settled: list[tuple[Pending, Verdict]]) -> dict[UUID, Outcome]:
@@ -338,12 +344,12 @@ def _append_messages(
         outcomes[command.command_id] = Outcome(
             command.command_id, "succeeded", result=result, event_ids=(event.id,)
         )
-        metrics.COMMANDS.labels(outcome="reused" if previous_control else "created").inc()
     conversation_store.add_template_messages(conn, messages)
     conversation_store.add_follow_ups(conn, follow_ups)
     outbox.add_many(conn, events)
     commands.finish(conn, outcomes.values())
     if items:
+        _count("reused" if written[item.command.command_id][1] else "created" for item in items)
         logger.info("initiation.succeeded", commands=len(items))
     return outcomes
 

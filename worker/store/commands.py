@@ -240,7 +240,7 @@ def discard(conn: Connection, command_id: UUID) -> None:
 def load(conn: Connection, command_ids: Sequence[UUID]) -> list[InitiateOutbound]:
     """The recorded commands among ``command_ids``, in that order (unknown ids are skipped)."""
     rows = conn.execute(
-        select(commands.c.id, commands.c.payload).where(commands.c.id.in_(command_ids))
+        select(commands.c.id, commands.c.payload).where(commands.c.id == any_(_ids(command_ids)))
     ).all()
     by_id = {row.id: row.payload for row in rows}
     return [
