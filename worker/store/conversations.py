@@ -68,20 +68,24 @@ def opened_last_24h(conn: Connection, channel_ids: Collection[UUID]) -> dict[UUI
     return {channel_id: int(total) for channel_id, total in rows}
 
 
+_OPENING = pg_insert(channel_openings).values(
+    channel_id=bindparam("opened_on"),
+    hour=func.date_trunc("hour", func.now()),
+    n=bindparam("opened"),
+)
+_ADD_OPENINGS = _OPENING.on_conflict_do_update(
+    index_elements=[channel_openings.c.channel_id, channel_openings.c.hour],
+    set_={"n": channel_openings.c.n + _OPENING.excluded.n},
+)
+
+
 def count_openings(conn: Connection, opened: Counter[UUID]) -> None:
     """Adds fresh conversations to their channels' current hour, in the caller's transaction."""
-    if not opened:
-        return
-    hour = func.date_trunc("hour", func.now())
-    stmt = pg_insert(channel_openings).values(
-        [{"channel_id": channel_id, "hour": hour, "n": n} for channel_id, n in opened.items()]
-    )
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[channel_openings.c.channel_id, channel_openings.c.hour],
-            set_={"n": channel_openings.c.n + stmt.excluded.n},
+    if opened:
+        conn.execute(
+            _ADD_OPENINGS,
+            [{"opened_on": channel, "opened": n} for channel, n in sorted(opened.items())],
         )
-    )
 
 
 def _uuids(name: str, values: Collection[UUID]) -> Any:
