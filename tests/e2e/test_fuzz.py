@@ -230,7 +230,8 @@ class TestFuzz:
         """A few cases per operation and a few linked chains: no failure, no error."""
         report = run_fuzzer(fuzz_config(stack, world, ids, QUICK), stack)
 
-        assert (report.failures(), report.errors) == ([], [])
+        assert report.failures() == [], "\n".join(map(str, report.failures()))
+        assert report.errors == [], "\n".join(report.errors)
         assert report.by_phase["fuzzing"] > 0 and report.by_phase["stateful"] > 0
 
     @pytest.mark.slow
@@ -239,6 +240,7 @@ class TestFuzz:
         run_fuzzer(fuzz_config(stack, world, ids, WARM_UP), stack)
         report = run_fuzzer(fuzz_config(stack, world, ids, THOROUGH), stack)
 
-        assert (report.failures(), report.errors) == ([], [])
+        assert report.failures() == [], "\n".join(map(str, report.failures()))
+        assert report.errors == [], "\n".join(report.errors)
         assert report.cases >= 10_000, sorted(report.answers.items())
         assert report.reached("stateful", 200) & LINKED, report.answers

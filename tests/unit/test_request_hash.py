@@ -20,3 +20,9 @@ class TestRequestHash:
         assert request_hash({"name": "Peña"}) == (
             "aa5b2bf53271e3cfaf906a4158ad097f62f40accca5d360a7b0a337d3f88a67b"
         )
+
+    def test_the_digest_of_several_members_is_pinned(self) -> None:
+        # sha256 of '{"name":"Peña","tags":["a","b"]}': members sorted, "," and ":" alone.
+        assert request_hash({"tags": ["a", "b"], "name": "Peña"}) == (
+            "e417e37d52b2276d2505998e6242a303050e8ea769444795f7242c629a179564"
+        )
