@@ -11,7 +11,8 @@ One rule, two sizes: a campaign chunk of hundreds of commands and a single initi
 4. lock every chosen channel once (in id order), re-run check 10 under the locks, check the
    fences, and write the whole round in one transaction with its outbox rows.
 
-Step 3 only tells which channels to lock; it is skipped when each command has one candidate.
+Step 3 only tells which channels to lock; it is skipped when the round has at least as many
+commands as candidate channels (it would lock them all).
 
 A command whose choice moved to a channel we do not hold, or whose round lost a race
 (a stale fence, a conversation opened or closed under us), goes round again.
@@ -145,11 +146,14 @@ def _first_choice(
 ) -> tuple[list[Pending], set[UUID], list[tuple[InitiateOutbound, Rejection]]]:
     """Which channels to lock, and who is rejected already.
 
-    A command with one candidate can only lock that one; otherwise check 10 runs once
-    without the locks, only to learn which channels to lock.
+    Check 10 runs once without the locks, only to learn which channels to lock, unless
+    the answer is known: a round with at least as many commands as candidate channels
+    (a campaign chunk) will use them all, and a command with one candidate can only
+    lock that one.
     """
-    if all(len(item.eligible.candidates) == 1 for item in round_):
-        return round_, {item.eligible.candidates[0].id for item in round_}, []
+    candidates = {channel.id for item in round_ for channel in item.eligible.candidates}
+    if len(round_) >= len(candidates):
+        return round_, candidates, []
     with engine.connect() as conn:
         verdicts = _select(conn, round_)
     rejected = [(item.command, v) for item, v in verdicts if isinstance(v, Rejection)]

@@ -100,7 +100,7 @@ def initiate_chunk(command_ids: list[str]) -> None:
     if len(chunk) < len(command_ids):
         logger.error("initiation.unknown_commands", missing=len(command_ids) - len(chunk))
     outcomes = handlers.initiate_chunk(chunk, deps)
-    announce(outcomes)
+    # No announce: nobody waits in sync mode for a batch item (SPEC 4.3 answers 202).
     _send_events_now(deps.engine, [i for outcome in outcomes for i in outcome.event_ids])
 
 
