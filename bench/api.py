@@ -325,12 +325,28 @@ def _beside_campaign(
             )
             progress(f"api: {phase.name} at {phase.rate} req/s beside the campaign")
             step = _step(phase, requests, bench.stack)
+            progress(f"api: single commands during the step: {_committed(bench.engine)}")
             if campaign.poll() is not None:
                 step = replace(step, note=" (the campaign ended before the step did)")
         finally:
             stop_group(campaign, signal.SIGTERM)
             redis.close()
     return step
+
+
+def _committed(engine: Engine) -> str:
+    """Where a single initiation's time went beside the campaign: accepted → committed, from
+    the command rows of the last minute (batch items excluded)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE completed_at IS NULL),"
+                " percentile_cont(0.5) WITHIN GROUP (ORDER BY completed_at - created_at),"
+                " percentile_cont(0.99) WITHIN GROUP (ORDER BY completed_at - created_at)"
+                " FROM commands WHERE batch_id IS NULL AND created_at > now() - interval '1 min'"
+            )
+        ).one()
+    return f"unfinished={row[0]} accepted_to_committed p50={row[1]} p99={row[2]}"
 
 
 def _campaign_flowing(
