@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -81,6 +82,7 @@ def publish(command: InitiateOutbound) -> None:
 # Commands per campaign task: one claim, one catalog read and one write transaction each.
 CHUNK_SIZE = 500
 CAMPAIGN_QUEUE = "leadscout.campaign"
+SINGLE_QUEUE = "leadscout"  # the app's task_default_queue; kombu keeps it as a Redis list
 
 
 @app.task(  # type: ignore[untyped-decorator]  # celery ships no type hints
@@ -94,6 +96,7 @@ CAMPAIGN_QUEUE = "leadscout.campaign"
 )
 def initiate_chunk(command_ids: list[str]) -> None:
     """A campaign chunk (SPEC 4.3): the commands are read from their durable rows."""
+    _yield_to_single_initiations()
     deps = handler_deps()
     with deps.engine.connect() as conn:
         chunk = commands.load(conn, [UUID(command_id) for command_id in command_ids])
@@ -102,6 +105,24 @@ def initiate_chunk(command_ids: list[str]) -> None:
     outcomes = handlers.initiate_chunk(chunk, deps)
     # No announce: nobody waits in sync mode for a batch item (SPEC 4.3 answers 202).
     _send_events_now(deps.engine, [i for outcome in outcomes for i in outcome.event_ids])
+
+
+# How long a campaign chunk waits, at most, for single initiations queued before it.
+YIELD_MAX_S = 2.0
+YIELD_POLL_S = 0.02
+
+
+def _yield_to_single_initiations() -> None:
+    """Fairness beyond the queues: while single initiations wait in their queue, a campaign
+    chunk holds back (up to YIELD_MAX_S), so on a saturated host the database and the
+    cores serve the waiting singles first instead of the next 500 campaign commands."""
+    redis = redis_client()
+    deadline = time.monotonic() + YIELD_MAX_S
+    try:
+        while redis.llen(SINGLE_QUEUE) and time.monotonic() < deadline:
+            time.sleep(YIELD_POLL_S)
+    except RedisError:
+        return  # the broker's trouble is for the task to meet, not this courtesy
 
 
 def publish_chunks(command_ids: Sequence[UUID]) -> None:
