@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from prometheus_client import REGISTRY
 from redis import Redis
 from sqlalchemy import Engine, event, func, select
 
@@ -322,4 +323,56 @@ class TestStatementsOfOneInitiation:
             "COPY messages",
             "COPY outbox",
             "UPDATE commands",  # outcome
+        ]
+
+
+def commands_counted(outcome: str) -> float:
+    return REGISTRY.get_sample_value("leadscout_commands_total", {"outcome": outcome}) or 0.0
+
+
+class TestMetricsOfAChunk:
+    """``leadscout_commands_total`` counts each command once, by its outcome (SPEC 4.6)."""
+
+    def test_created_reused_and_rejected_are_counted(self, engine: Engine, redis: Redis):
+        world = World(engine, redis)
+        channel = world.channel(world.agent())
+        template, known = world.template(), world.contact()
+        world.initiate(**body(known, template, providerChannelId=channel))
+        chunk = [
+            world.command(**body(world.contact(phone=f"+52155{i:08d}"), template)) for i in range(3)
+        ]
+        chunk.append(world.command(**body(known, template, forceSend=True)))
+        chunk += [world.command(**body(uuid4(), template)) for _ in range(2)]
+        before = {o: commands_counted(o) for o in ("created", "reused", "ContactNotFound")}
+
+        handlers.initiate_chunk(chunk, world.deps)
+
+        after = {o: commands_counted(o) for o in before}
+        assert {o: after[o] - before[o] for o in before} == {
+            "created": 3,
+            "reused": 1,
+            "ContactNotFound": 2,
+        }
+
+
+class TestAChunkOfTwoWorkspaces:
+    def test_each_command_is_answered_in_its_own_workspace(self, engine: Engine, redis: Redis):
+        worlds = [World(engine, redis, name=name) for name in ("Acme", "Other")]
+        templates = []
+        for world in worlds:
+            world.channel(world.agent())
+            templates.append(world.template())
+        chunk = [
+            worlds[i % 2].command(
+                **body(worlds[i % 2].contact(phone=f"+52155{i:08d}"), templates[i % 2])
+            )
+            for i in range(6)
+        ]
+
+        outcomes = handlers.initiate_chunk(chunk, worlds[0].deps)
+
+        assert [o.command_id for o in outcomes] == [c.command_id for c in chunk]
+        assert [o.status for o in outcomes] == ["succeeded"] * 6
+        assert [o.result["conversation"]["workspaceId"] for o in outcomes] == [
+            str(worlds[i % 2].workspace_id) for i in range(6)
         ]

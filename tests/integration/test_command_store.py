@@ -198,3 +198,41 @@ class TestFinish:
         )
         with engine.connect() as conn:
             assert conn.execute(query).one() == ("succeeded", True, True)
+
+
+class TestLoad:
+    """A chunk task reads its commands back from their rows, in the order it names them."""
+
+    def test_in_the_named_order_as_recorded_and_unknown_ids_skipped(self, engine, redis):
+        world = World(engine, redis)
+        first = world.command(**body(uuid4(), uuid4(), campaignId="spring"))
+        second = world.command(**body(uuid4(), uuid4(), parameters=[], forceSend=True))
+        with engine.connect() as conn:
+            loaded = commands.load(conn, [second.command_id, uuid4(), first.command_id])
+
+        assert [c.to_message() for c in loaded] == [second.to_message(), first.to_message()]
+
+
+class TestFindAnswersTheOutcome:
+    def test_a_finished_command_carries_its_result_and_error(self, engine, redis):
+        world = World(engine, redis)
+        won, lost = (world.command(**body(uuid4(), uuid4())) for _ in range(2))
+        problem = {"code": "ContactNotFound", "status": 404}
+        with engine.begin() as conn:
+            commands.finish(
+                conn,
+                [
+                    commands.Outcome(won.command_id, "succeeded", result={"commandId": "x"}),
+                    commands.Outcome(lost.command_id, "failed", error=problem),
+                ],
+            )
+        with engine.connect() as conn:
+            found_won = commands.find(conn, world.workspace_id, won.command_id)
+            found_lost = commands.find(conn, world.workspace_id, lost.command_id)
+
+        assert (found_won.status, found_won.result, found_won.error) == (
+            "succeeded",
+            {"commandId": "x"},
+            None,
+        )
+        assert (found_lost.status, found_lost.result, found_lost.error) == ("failed", None, problem)
