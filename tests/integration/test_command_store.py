@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID, uuid4
 
+import pytest
 from sqlalchemy import Engine, insert, select, text, update
 
 from schemas.commands import InitiateOutbound
@@ -236,3 +237,13 @@ class TestFindAnswersTheOutcome:
             None,
         )
         assert (found_lost.status, found_lost.result, found_lost.error) == ("failed", None, problem)
+
+
+class TestUnknownCommands:
+    def test_marking_or_claiming_a_command_never_recorded_names_it(self, engine, redis):
+        world = World(engine, redis)
+        known, unknown = world.command(**body(uuid4(), uuid4())), uuid4()
+        for touch in (commands.mark_processing, commands.claim):
+            with engine.begin() as conn, pytest.raises(commands.UnknownCommand) as raised:
+                touch(conn, [known.command_id, unknown])
+            assert raised.value.args == (unknown,)
