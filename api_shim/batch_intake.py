@@ -100,7 +100,7 @@ def _publish(engine: Engine, batch: NewBatch) -> None:
     sent = 0
     try:
         for start in range(0, len(ids), tasks.CHUNK_SIZE):
-            tasks.publish_chunks(ids[start : start + tasks.CHUNK_SIZE])
+            tasks.publish_chunk(ids[start : start + tasks.CHUNK_SIZE])
             sent += 1
     except BROKER_UNAVAILABLE as exc:
         if sent:

@@ -22,11 +22,11 @@ from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import BigInteger, Engine, Row, Select, any_, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.settings import get_settings
 from worker import metrics
+from worker.store import bulk
 from worker.store.db import get_engine
 from worker.store.tables import outbox
 
@@ -49,7 +49,7 @@ def publish_now(engine: Engine, redis: Redis, stream: str, event_ids: Iterable[U
     wanted = list(event_ids)
     if not wanted:
         return 0
-    named = outbox.c.event_id == any_(bindparam("event_ids", wanted, ARRAY(PgUUID(as_uuid=True))))
+    named = bulk.any_of(outbox.c.event_id, wanted)
     return _send(engine, redis, stream, _unpublished().where(named), path="direct")
 
 

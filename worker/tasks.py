@@ -49,18 +49,17 @@ def initiate_outbound(command: dict[str, Any]) -> None:
         except UnknownCommand:
             logger.error("initiation.unknown_command")
             return
-        announce([outcome])
+        announce(outcome)
         _send_events_now(deps.engine, outcome.event_ids)
 
 
-def announce(outcomes: Sequence[Outcome]) -> None:
+def announce(outcome: Outcome) -> None:
     """Tells waiting API processes (SPEC 4.2 sync mode); losing this only costs them a 202."""
-    pipeline = redis_client().pipeline(transaction=False)
-    for outcome in outcomes:
-        message = {"status": outcome.status, "result": outcome.result, "error": outcome.error}
-        pipeline.publish(OUTCOME_CHANNEL_PREFIX + str(outcome.command_id), json.dumps(message))
+    message = {"status": outcome.status, "result": outcome.result, "error": outcome.error}
     try:
-        pipeline.execute()
+        redis_client().publish(
+            OUTCOME_CHANNEL_PREFIX + str(outcome.command_id), json.dumps(message)
+        )
     except RedisError:
         logger.warning("initiation.announce_failed")
 
@@ -82,7 +81,8 @@ def publish(command: InitiateOutbound) -> None:
 # Commands per campaign task: one claim, one catalog read and one write transaction each.
 CHUNK_SIZE = 500
 CAMPAIGN_QUEUE = "leadscout.campaign"
-SINGLE_QUEUE = "leadscout"  # the app's task_default_queue; kombu keeps it as a Redis list
+# Single initiations go to the app's default queue, which kombu keeps as a Redis list.
+SINGLE_QUEUE: str = app.conf.task_default_queue
 
 
 @app.task(  # type: ignore[untyped-decorator]  # celery ships no type hints
@@ -125,8 +125,6 @@ def _yield_to_single_initiations() -> None:
         return  # the broker's trouble is for the task to meet, not this courtesy
 
 
-def publish_chunks(command_ids: Sequence[UUID]) -> None:
-    """Sends recorded commands to the campaign queue, CHUNK_SIZE per task."""
-    for start in range(0, len(command_ids), CHUNK_SIZE):
-        chunk = command_ids[start : start + CHUNK_SIZE]
-        initiate_chunk.delay([str(command_id) for command_id in chunk])
+def publish_chunk(command_ids: Sequence[UUID]) -> None:
+    """Sends up to CHUNK_SIZE recorded commands to the campaign queue, as one task."""
+    initiate_chunk.delay([str(command_id) for command_id in command_ids])

@@ -47,15 +47,15 @@ def accept(engine: Engine, world: World, raw: dict[str, Any]) -> dict[str, Any]:
 def publishing(
     sent: list[list[UUID]], fail_at: int | None = None, error: Exception = BROKER_DOWN[0]
 ) -> Callable[[Sequence[UUID]], None]:
-    """A ``tasks.publish_chunks`` that records each call, and raises ``error`` on call
+    """A ``tasks.publish_chunk`` that records each call, and raises ``error`` on call
     number ``fail_at`` (from 0)."""
 
-    def publish_chunks(command_ids: Sequence[UUID]) -> None:
+    def publish_chunk(command_ids: Sequence[UUID]) -> None:
         if len(sent) == fail_at:
             raise error
         sent.append(list(command_ids))
 
-    return publish_chunks
+    return publish_chunk
 
 
 def stored(engine: Engine) -> tuple[set[UUID], set[UUID]]:
@@ -72,7 +72,7 @@ class TestPublished:
 
     def test_1200_commands_leave_in_three_chunks_after_the_commit(self, engine, world, monkeypatch):
         sent: list[list[UUID]] = []
-        monkeypatch.setattr(tasks, "publish_chunks", publishing(sent))
+        monkeypatch.setattr(tasks, "publish_chunk", publishing(sent))
 
         answer = accept(engine, world, raw_body(1200))
 
@@ -83,7 +83,7 @@ class TestPublished:
 
     def test_a_replay_publishes_nothing(self, engine, world, monkeypatch):
         sent: list[list[UUID]] = []
-        monkeypatch.setattr(tasks, "publish_chunks", publishing(sent))
+        monkeypatch.setattr(tasks, "publish_chunk", publishing(sent))
         raw = raw_body(3)
         first = accept(engine, world, raw)
 
@@ -96,7 +96,7 @@ class TestBrokerDown:
 
     @pytest.mark.parametrize("error", BROKER_DOWN, ids=lambda e: type(e).__name__)
     def test_503_and_nothing_kept_when_no_chunk_left(self, engine, world, monkeypatch, error):
-        monkeypatch.setattr(tasks, "publish_chunks", publishing([], fail_at=0, error=error))
+        monkeypatch.setattr(tasks, "publish_chunk", publishing([], fail_at=0, error=error))
 
         with pytest.raises(ApiProblem) as refused:
             accept(engine, world, raw_body(3))
@@ -106,11 +106,11 @@ class TestBrokerDown:
 
     def test_a_retry_with_the_same_key_is_a_new_batch(self, engine, world, monkeypatch):
         raw = raw_body(3)
-        monkeypatch.setattr(tasks, "publish_chunks", publishing([], fail_at=0))
+        monkeypatch.setattr(tasks, "publish_chunk", publishing([], fail_at=0))
         with pytest.raises(ApiProblem):
             accept(engine, world, raw)
         sent: list[list[UUID]] = []
-        monkeypatch.setattr(tasks, "publish_chunks", publishing(sent))
+        monkeypatch.setattr(tasks, "publish_chunk", publishing(sent))
 
         answer = accept(engine, world, raw)
 
@@ -120,7 +120,7 @@ class TestBrokerDown:
 
     def test_everything_kept_and_202_once_a_chunk_left(self, engine, world, monkeypatch):
         sent: list[list[UUID]] = []
-        monkeypatch.setattr(tasks, "publish_chunks", publishing(sent, fail_at=1))
+        monkeypatch.setattr(tasks, "publish_chunk", publishing(sent, fail_at=1))
 
         answer = accept(engine, world, raw_body(1200))
 
@@ -135,7 +135,7 @@ class TestPublishingBug:
 
     def test_the_exception_propagates_and_the_rows_stay(self, engine, world, monkeypatch):
         failing = publishing([], fail_at=0, error=ValueError("not JSON serializable"))
-        monkeypatch.setattr(tasks, "publish_chunks", failing)
+        monkeypatch.setattr(tasks, "publish_chunk", failing)
 
         with pytest.raises(ValueError, match="not JSON serializable"):
             accept(engine, world, raw_body(3))

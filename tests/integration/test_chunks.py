@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import re
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ from prometheus_client import REGISTRY
 from redis import Redis
 from sqlalchemy import Engine, event, func, select
 
+from tests.concurrency import run_at_once
 from tests.world import World, body
 from worker import handlers, lifecycle
 from worker.store import bulk
@@ -200,21 +200,9 @@ class TestQuotaInAChunk:
             ]
             for n in (1, 2)
         ]
-        results: dict[int, list[Outcome]] = {}
+        results = run_at_once([lambda c=c: handlers.initiate_chunk(c, world.deps) for c in chunks])
 
-        def run(n: int) -> None:
-            results[n] = handlers.initiate_chunk(chunks[n], world.deps)
-
-        threads = [threading.Thread(target=run, args=(n,)) for n in (0, 1)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        assert not any(thread.is_alive() for thread in threads)
-
-        codes = Counter(
-            o.error["code"] if o.error else "created" for n in (0, 1) for o in results[n]
-        )
+        codes = Counter(o.error["code"] if o.error else "created" for r in results for o in r)
         assert codes == {"created": 60, "ChannelDailyLimitReached": 20}
         assert opened_rows(engine) == dict.fromkeys(channels, 30)
         assert opened_counter(engine) == dict.fromkeys(channels, 30)
@@ -227,16 +215,7 @@ class TestOneContactInTwoChunksAtOnce:
         template = world.template()
         contacts = [world.contact(phone=f"+52155{i:08d}") for i in range(30)]
         chunks = [[world.command(**body(c, template)) for c in contacts] for _ in range(2)]
-        results: list[list[Outcome]] = [[], []]
-
-        def run(n: int) -> None:
-            results[n] = handlers.initiate_chunk(chunks[n], world.deps)
-
-        threads = [threading.Thread(target=run, args=(n,)) for n in (0, 1)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        results = run_at_once([lambda c=c: handlers.initiate_chunk(c, world.deps) for c in chunks])
 
         for first, second in zip(*results, strict=True):
             assert sorted([first.status, second.status]) == ["failed", "succeeded"]

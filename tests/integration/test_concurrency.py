@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 import threading
-import time
-import traceback
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
@@ -17,6 +14,7 @@ from sqlalchemy import Engine, func, select
 from structlog.testing import capture_logs
 
 from schemas.commands import InitiateOutbound
+from tests.concurrency import run_at_once
 from tests.processes import wait_until
 from tests.world import World, body, make_deps
 from worker import handlers
@@ -24,52 +22,6 @@ from worker.handlers import Deps
 from worker.store import fences
 from worker.store.commands import Outcome
 from worker.store.tables import channel_fences, conversations, messages, outbox
-
-JOIN_TIMEOUT_S = 120
-
-
-def run_at_once(
-    jobs: list[Callable[[], Outcome]], timeout_s: float = JOIN_TIMEOUT_S
-) -> list[Outcome]:
-    """Runs every job in its own thread, all released by one barrier; their outcomes in order.
-
-    A job that raised fails the test with its own exception; a job still running after
-    ``timeout_s`` fails it naming the job and showing where it hangs.
-    """
-    barrier = threading.Barrier(len(jobs))
-    outcomes: dict[int, Outcome] = {}
-    failures: dict[int, BaseException] = {}
-
-    def run(index: int) -> None:
-        barrier.wait(timeout=timeout_s)
-        try:
-            outcomes[index] = jobs[index]()
-        except BaseException as exc:
-            failures[index] = exc
-
-    threads = [
-        threading.Thread(target=run, args=(i,), name=f"job {i}", daemon=True)
-        for i in range(len(jobs))
-    ]
-    for thread in threads:
-        thread.start()
-    _join_all(threads, timeout_s)
-    if failures:
-        index = min(failures)
-        raise AssertionError(f"job {index} of {len(jobs)} raised") from failures[index]
-    return [outcomes[i] for i in range(len(jobs))]
-
-
-def _join_all(threads: list[threading.Thread], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    for thread in threads:
-        thread.join(timeout=max(0.0, deadline - time.monotonic()))
-    if hung := [t for t in threads if t.is_alive()]:
-        pytest.fail(
-            f"{len(hung)} job(s) still running after {timeout_s}s; {hung[0].name} is at:\n"
-            + "".join(traceback.format_stack(sys._current_frames()[hung[0].ident])),
-            pytrace=False,
-        )
 
 
 class TestRunAtOnce:

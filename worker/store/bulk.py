@@ -1,14 +1,25 @@
-"""Bulk writes through psycopg's COPY, inside the caller's SQLAlchemy transaction."""
+"""Statements over many rows: writes through psycopg's COPY, inside the caller's
+SQLAlchemy transaction, and id lists as one array parameter."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import Column, Connection, Table
+from sqlalchemy import Column, ColumnElement, Connection, Table, any_, bindparam
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.exc import DBAPIError
+
+
+def any_of(column: Column[Any], ids: Iterable[UUID]) -> ColumnElement[bool]:
+    """``column = ANY(:ids)``: one array parameter for any number of ids, where an IN list
+    would bind (and make psycopg parse) one parameter per id."""
+    values = bindparam(f"{column.key}_any", list(ids), ARRAY(PgUUID(as_uuid=True)))
+    return column == any_(values)
 
 
 def copy_rows(

@@ -19,7 +19,6 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Table,
-    any_,
     bindparam,
     cast,
     column,
@@ -104,8 +103,8 @@ def _rows(conn: Connection, table: Table, workspace_id: UUID, ids: set[UUID] | N
         return []
     query = select(table).where(table.c.workspace_id == workspace_id)
     if ids is not None:
-        # One array parameter, not one per id: a chunk names hundreds of contacts.
-        query = query.where(table.c.id == any_(bindparam("ids", list(ids), ARRAY(PgUUID()))))
+        # A chunk names hundreds of contacts.
+        query = query.where(bulk.any_of(table.c.id, ids))
     return conn.execute(query)
 
 

@@ -11,7 +11,6 @@ from uuid import UUID
 
 from sqlalchemy import (
     Connection,
-    any_,
     bindparam,
     case,
     delete,
@@ -21,11 +20,10 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from schemas.commands import InitiateOutbound
+from worker.store import bulk
 from worker.store.tables import NullableJSONB, commands
 
 Finished = Literal["succeeded", "failed"]
@@ -90,7 +88,7 @@ def mark_processing(conn: Connection, command_ids: Collection[UUID]) -> dict[UUI
     """
     rows = conn.execute(
         update(commands)
-        .where(commands.c.id == any_(_ids(command_ids)))
+        .where(bulk.any_of(commands.c.id, command_ids))
         .values(
             status=case((commands.c.status == "accepted", "processing"), else_=commands.c.status),
             updated_at=func.now(),
@@ -108,15 +106,11 @@ def claim(conn: Connection, command_ids: Collection[UUID]) -> dict[UUID, Outcome
     """
     rows = conn.execute(
         select(commands.c.id, commands.c.status, commands.c.result, commands.c.error)
-        .where(commands.c.id == any_(_ids(command_ids)))
+        .where(bulk.any_of(commands.c.id, command_ids))
         .order_by(commands.c.id)
         .with_for_update()
     ).all()
     return _outcomes(command_ids, rows)
-
-
-def _ids(command_ids: Collection[UUID]) -> Any:
-    return bindparam("command_ids", list(command_ids), ARRAY(PgUUID(as_uuid=True)))
 
 
 def _outcomes(command_ids: Collection[UUID], rows: Sequence[Any]) -> dict[UUID, Outcome]:
@@ -240,7 +234,7 @@ def discard(conn: Connection, command_id: UUID) -> None:
 def load(conn: Connection, command_ids: Sequence[UUID]) -> list[InitiateOutbound]:
     """The recorded commands among ``command_ids``, in that order (unknown ids are skipped)."""
     rows = conn.execute(
-        select(commands.c.id, commands.c.payload).where(commands.c.id == any_(_ids(command_ids)))
+        select(commands.c.id, commands.c.payload).where(bulk.any_of(commands.c.id, command_ids))
     ).all()
     by_id = {row.id: row.payload for row in rows}
     return [

@@ -7,9 +7,7 @@ from collections.abc import Collection
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import Connection, RowMapping, any_, bindparam, func, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import UUID as PgUUID
+from sqlalchemy import Connection, RowMapping, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from worker.model import Conversation
@@ -39,7 +37,7 @@ def contact_conversations(
         select(*_CONVERSATION_FIELDS)
         .where(
             conversations.c.workspace_id == workspace_id,
-            conversations.c.contact_id == any_(_uuids("contact_ids", contact_ids)),
+            bulk.any_of(conversations.c.contact_id, contact_ids),
         )
         .order_by(conversations.c.seq)
     ).all()
@@ -60,7 +58,7 @@ def opened_last_24h(conn: Connection, channel_ids: Collection[UUID]) -> dict[UUI
     rows = conn.execute(
         select(channel_openings.c.channel_id, func.sum(channel_openings.c.n))
         .where(
-            channel_openings.c.channel_id == any_(_uuids("channel_ids", channel_ids)),
+            bulk.any_of(channel_openings.c.channel_id, channel_ids),
             channel_openings.c.hour >= _WINDOW_START,
         )
         .group_by(channel_openings.c.channel_id)
@@ -86,10 +84,6 @@ def count_openings(conn: Connection, opened: Counter[UUID]) -> None:
             _ADD_OPENINGS,
             [{"opened_on": channel, "opened": n} for channel, n in sorted(opened.items())],
         )
-
-
-def _uuids(name: str, values: Collection[UUID]) -> Any:
-    return bindparam(name, list(values), ARRAY(PgUUID(as_uuid=True)))
 
 
 def insert_conversations(conn: Connection, values: list[dict[str, Any]]) -> list[dict[str, Any]]:
