@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,9 +14,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api_shim import openapi, problems
 from api_shim.guard import GuardMiddleware, KeyCache
 from api_shim.intake import Intake
-from api_shim.outcomes import OutcomeListener
+from api_shim.outcomes import OutcomeListener, outcomes_in
 from api_shim.routes import batches, campaigns, conversations, operations, outbound
 from api_shim.routes.operations import readiness_redis
+from api_shim.subscription import Subscription
 from core.settings import get_settings
 from schemas.api import BlockingConversation, InitiateOutboundRequest
 from schemas.batches import InitiateOutboundBatchRequest
@@ -32,15 +34,28 @@ def create_app() -> FastAPI:
     engine = get_engine(database_url)
     use_broker(redis_url)
 
+    def lookup(api_key: str):  # type: ignore[no-untyped-def]
+        with engine.connect() as conn:
+            return workspaces.workspace_of_key(conn, api_key)
+
+    keys = KeyCache(lookup)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        listener = OutcomeListener(redis_url)
-        await listener.start()
+        listener = OutcomeListener(redis_url, recheck=outcomes_in(engine))
+        revocations = Subscription(
+            redis_url,
+            "revoked_keys",
+            keys.on_revocation,
+            channels=[workspaces.REVOKED_KEYS_CHANNEL],
+            on_subscribed=keys.on_subscribed,
+        )
+        await asyncio.gather(listener.start(), revocations.start())
         app.state.engine = engine
         app.state.redis = readiness_redis(redis_url)
         app.state.intake = Intake(engine, listener, settings.sync_wait_s)
         yield
-        await listener.stop()
+        await asyncio.gather(listener.stop(), revocations.stop())
         await app.state.redis.aclose()
 
     app = FastAPI(
@@ -56,11 +71,7 @@ def create_app() -> FastAPI:
     app.include_router(campaigns.router)
     app.include_router(operations.router)
 
-    def lookup(api_key: str):  # type: ignore[no-untyped-def]
-        with engine.connect() as conn:
-            return workspaces.workspace_of_key(conn, api_key)
-
-    app.add_middleware(GuardMiddleware, keys=KeyCache(lookup))
+    app.add_middleware(GuardMiddleware, keys=keys)
     app.add_middleware(RequestMetrics)
     openapi.install(
         app,

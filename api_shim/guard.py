@@ -12,11 +12,16 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
+import structlog
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_shim.problems import problem_response
 from schemas.errors import ErrorCode
+from worker.store.workspaces import hash_key
+
+logger = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 KEY_CACHE_S = 30.0
@@ -25,7 +30,9 @@ KEY_CACHE_S = 30.0
 class KeyCache:
     """API key → workspace, remembered briefly so each request needn't hit the database.
 
-    A revoked key keeps working for at most ``KEY_CACHE_S`` in a running API process.
+    Entries are held by the key's hash, the form a revocation names them by
+    (``workspaces.REVOKED_KEYS_CHANNEL``). A revoked key stops working as soon as its
+    revocation arrives; if it never arrives, after at most ``KEY_CACHE_S``.
     """
 
     def __init__(self, lookup: Callable[[str], UUID | None]) -> None:
@@ -34,14 +41,29 @@ class KeyCache:
 
     async def workspace_of(self, api_key: str) -> UUID | None:
         now = time.monotonic()
-        cached = self._entries.get(api_key)
+        key_hash = hash_key(api_key)
+        cached = self._entries.get(key_hash)
         if cached is not None and now - cached[0] < KEY_CACHE_S:
             return cached[1]
         workspace_id = await run_in_threadpool(self._lookup, api_key)
         if len(self._entries) > 10_000:
             self._entries.clear()
-        self._entries[api_key] = (now, workspace_id)
+        self._entries[key_hash] = (now, workspace_id)
         return workspace_id
+
+    def revoke(self, key_hash: str) -> None:
+        self._entries.pop(key_hash, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def on_revocation(self, channel: str, key_hash: bytes) -> None:
+        """A message of ``REVOKED_KEYS_CHANNEL``."""
+        self.revoke(key_hash.decode())
+
+    async def on_subscribed(self) -> None:
+        """Revocations sent while no subscription listened are lost: forget everything."""
+        self.clear()
 
 
 class GuardMiddleware:
@@ -70,7 +92,11 @@ class GuardMiddleware:
     async def _refusal(self, scope: Scope) -> Any:
         headers = dict(scope["headers"])
         api_key = headers.get(b"x-api-key", b"").decode("latin-1")
-        workspace_id = await self.keys.workspace_of(api_key) if api_key else None
+        try:
+            workspace_id = await self.keys.workspace_of(api_key) if api_key else None
+        except OperationalError as exc:
+            logger.warning("api.key_lookup_unavailable", error=type(exc).__name__)
+            return _unavailable()
         if workspace_id is None:
             return problem_response(ErrorCode.UNAUTHORIZED, "A valid X-API-Key header is required.")
         is_workspace_path, path_workspace = _path_workspace(scope["path"])
@@ -122,6 +148,14 @@ def _replaying(first: Message, receive: Receive) -> Receive:
         return pending.pop() if pending else await receive()
 
     return replay
+
+
+def _unavailable() -> Any:
+    return problem_response(
+        ErrorCode.SERVICE_UNAVAILABLE,
+        "The database is unreachable, so the API key cannot be checked. Retry later.",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _too_large() -> Any:

@@ -3,23 +3,29 @@
 Workers PUBLISH the outcome on ``leadscout:outcome:<commandId>`` right after
 their commit. A waiter registers before the command is published, so the
 notification cannot slip past it; when the wait runs out, one database read
-settles it (a missed notification costs a 202, never a wrong answer).
+settles it (a missed notification costs a 202, never a wrong answer). After a lost
+connection the subscription comes back by itself and, once resubscribed, asks the
+database about every command still awaited: a notification sent while it was away
+costs nothing then.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 from uuid import UUID
 
-import structlog
-from redis.asyncio import Redis
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 
+from api_shim.subscription import Subscription
+from worker.store import commands
 from worker.tasks import OUTCOME_CHANNEL_PREFIX as CHANNEL_PREFIX
 
-logger = structlog.get_logger(__name__)
+# Command ids → the outcome message of each one that has finished.
+Recheck = Callable[[Collection[UUID]], Awaitable[dict[UUID, dict[str, Any]]]]
 
 
 def channel(command_id: UUID | str) -> str:
@@ -27,23 +33,22 @@ def channel(command_id: UUID | str) -> str:
 
 
 class OutcomeListener:
-    def __init__(self, redis_url: str) -> None:
-        self._redis = Redis.from_url(redis_url)
+    def __init__(self, redis_url: str, recheck: Recheck | None = None) -> None:
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
+        self._recheck = recheck
+        self._subscription = Subscription(
+            redis_url,
+            "outcomes",
+            self._deliver,
+            patterns=[CHANNEL_PREFIX + "*"],
+            on_subscribed=self._catch_up,
+        )
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._listen_forever())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout=5)
+        await self._subscription.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._redis.aclose()
+        await self._subscription.stop()
 
     def expect(self, command_id: UUID) -> asyncio.Future[dict[str, Any]]:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -57,30 +62,39 @@ class OutcomeListener:
         if not waiters:
             self._waiters.pop(channel(command_id), None)
 
-    async def _listen_forever(self) -> None:
-        while True:
-            try:
-                await self._listen()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._ready.clear()
-                logger.warning("outcomes.listener_reconnecting", error=type(exc).__name__)
-                await asyncio.sleep(0.5)
-
-    async def _listen(self) -> None:
-        async with self._redis.pubsub() as pubsub:
-            await pubsub.psubscribe(CHANNEL_PREFIX + "*")
-            self._ready.set()
-            async for message in pubsub.listen():
-                if message["type"] == "pmessage":
-                    self._deliver(message["channel"].decode(), message["data"])
-
     def _deliver(self, name: str, data: bytes) -> None:
+        self._resolve(name, json.loads(data))
+
+    def _resolve(self, name: str, message: dict[str, Any]) -> None:
         for future in self._waiters.pop(name, []):
             if not future.done():
-                future.set_result(json.loads(data))
+                future.set_result(message)
+
+    async def _catch_up(self) -> None:
+        awaited = [UUID(name.removeprefix(CHANNEL_PREFIX)) for name in self._waiters]
+        if self._recheck is None or not awaited:
+            return
+        for command_id, message in (await self._recheck(awaited)).items():
+            self._resolve(channel(command_id), message)
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set()
+        return self._subscription.ready
+
+
+def outcomes_in(engine: Engine) -> Recheck:
+    """A Recheck that reads the commands from the database."""
+
+    def finished(command_ids: Collection[UUID]) -> dict[UUID, dict[str, Any]]:
+        with engine.connect() as conn:
+            stored = [commands.find_any(conn, command_id) for command_id in command_ids]
+        return {
+            row.id: {"status": row.status, "result": row.result, "error": row.error}
+            for row in stored
+            if row is not None and row.finished
+        }
+
+    async def recheck(command_ids: Collection[UUID]) -> dict[UUID, dict[str, Any]]:
+        return await run_in_threadpool(finished, command_ids)
+
+    return recheck

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -51,9 +51,11 @@ from bench.common import (  # noqa: E402
     Servers,
     Stack,
     Workspace,
+    cpu_seconds,
     create_workspace,
     import_catalog,
     leadscout,
+    machine_cpu_seconds,
     progress,
     servers,
     service_stack,
@@ -224,6 +226,7 @@ class Step:
     seconds: float  # as scheduled: requests / rate
     generator_cpu: float  # this process's CPU over the step, as a share of one core
     note: str = ""
+    service_cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok_per_s(self) -> float:
@@ -241,6 +244,11 @@ class Step:
             f" p99={self.latency_ms(0.99):.1f}ms errors={errors or 'none'}"
             f" generator_cpu={self.generator_cpu:.0%}"
             f" generator_lag_p99={_percentile_ms([a.lag for a in self.answers], 0.99):.1f}ms"
+            + (
+                " cpu_ms_per_request " + _format_ms(self.service_cpu_ms)
+                if self.service_cpu_ms
+                else ""
+            )
             + self.note
         )
 
@@ -261,12 +269,29 @@ def _run(args: argparse.Namespace, plan: Plan, bench: Bench, requests: list[byte
             step = _beside_campaign(args, bench, phase, mine)
         else:
             progress(f"api: {phase.name} at {phase.rate} req/s")
+            pids = {name: process.pid for name, process in bench.stack.processes.items()}
+            cpu_before, machine_before = cpu_seconds(pids), machine_cpu_seconds()
             step = _step(phase, mine, bench.stack)
             _wait_settled(bench.engine)
+            step = replace(
+                step,
+                service_cpu_ms=_cpu_ms_per_request(pids, cpu_before, machine_before, len(mine)),
+            )
         if phase.name != "warm-up":
             print(step.line(), flush=True)
             steps.append(step)
     return steps
+
+
+def _cpu_ms_per_request(
+    pids: dict[str, int], before: dict[str, float], machine_before: float, requests: int
+) -> dict[str, float]:
+    """CPU milliseconds per request of each service process (its pool included), from the
+    step's start until every command finished; "rest" is the machine's other busy time
+    (PostgreSQL, Redis, this generator, and whatever else runs)."""
+    spent = {name: s - before.get(name, 0.0) for name, s in cpu_seconds(pids).items()}
+    spent["rest"] = machine_cpu_seconds() - machine_before - sum(spent.values())
+    return {name: 1000 * s / requests for name, s in spent.items()}
 
 
 def _step(phase: Phase, requests: list[bytes], stack: Stack) -> Step:
@@ -277,6 +302,10 @@ def _step(phase: Phase, requests: list[bytes], stack: Stack) -> Step:
     cpu_share = (_cpu_seconds() - cpu_before) / (time.monotonic() - started)
     stack.assert_alive()
     return Step(phase.name, answers, len(requests) / phase.rate, cpu_share)
+
+
+def _format_ms(spent: dict[str, float]) -> str:
+    return " ".join(f"{name}={ms:.2f}" for name, ms in spent.items())
 
 
 def _cpu_seconds() -> float:

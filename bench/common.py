@@ -188,7 +188,7 @@ def service_stack(servers: Servers, logs: Path, workers: int, concurrency: int) 
         if workers == 1
         else [f"worker.campaign{i}" for i in range(1, workers + 1)]
     )
-    campaign_queue = ["--queues", "leadscout.campaign"]
+    campaign_queue = ["--queues", "leadscout.campaign", "--nice", "10"]
     commands = {
         "api": ["api", "--host", "127.0.0.1", "--port", str(port)],
         # As `leadscout dev` runs them: single initiations have workers of their own.

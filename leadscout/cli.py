@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -62,6 +63,52 @@ def workspace_create(name: Annotated[str, typer.Option("--name", help="Workspace
     with get_engine(_database_url()).begin() as conn:
         workspace_id, api_key = workspaces.create(conn, name)
     _print_json({"workspaceId": str(workspace_id), "apiKey": api_key})
+
+
+@workspace_cli.command("rotate-key")
+def workspace_rotate_key(
+    workspace: Annotated[UUID, typer.Option("--workspace", help="Workspace id.")],
+) -> None:
+    """Replace the workspace's API keys with a new one; print {"workspaceId", "apiKey"} as JSON.
+
+    Running APIs forget the old key at once, or within their 30 s key cache if Redis
+    could not tell them.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from worker.runtime import resolved_urls
+    from worker.store import workspaces
+    from worker.store.db import get_engine
+
+    database_url, redis_url = resolved_urls()
+    try:
+        with get_engine(database_url).begin() as conn:
+            api_key, old_hashes = workspaces.rotate_key(conn, workspace)
+    except workspaces.UnknownWorkspace:
+        raise _fail(f"workspace {workspace} does not exist") from None
+    except SQLAlchemyError as exc:
+        raise _fail(f"{_failure(exc)}; the key was not rotated") from None
+    _tell_running_apis(redis_url, old_hashes)
+    _print_json({"workspaceId": str(workspace), "apiKey": api_key})
+
+
+def _tell_running_apis(redis_url: str, old_hashes: list[str]) -> None:
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    from worker.store.workspaces import announce_revoked
+
+    try:
+        with Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=5) as redis:
+            announce_revoked(redis, old_hashes)
+    except RedisError as exc:
+        from api_shim.guard import KEY_CACHE_S  # here: the API's imports are slow to load
+
+        typer.echo(
+            f"leadscout: key rotated, but running APIs were not told ({type(exc).__name__}):"
+            f" the old key may work for up to {KEY_CACHE_S:.0f} s more",
+            err=True,
+        )
 
 
 @catalog_cli.command("import")
@@ -202,8 +249,19 @@ def worker(
             " 'leadscout.campaign' (campaign chunks)."
         ),
     ] = "leadscout,leadscout.campaign",
+    nice: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=19,
+            help="Lower this worker's CPU priority by N (os.nice): give campaign workers 10 so"
+            " that, on a shared host, a running campaign leaves the cores to single initiations.",
+        ),
+    ] = 0,
 ) -> None:
     """Run a Celery worker that processes initiation commands."""
+    if nice:
+        os.nice(nice)  # before the pool forks: its processes inherit it
     from worker import pool_metrics
 
     metrics_port = get_settings().metrics_port

@@ -73,7 +73,7 @@ def run(settings: Settings, host: str, port: int) -> None:
         ["worker", "--concurrency", "1", "--queues", "leadscout"],
         ["relay"],
         ["reporter"],
-        ["worker", "--concurrency", "2", "--queues", "leadscout.campaign"],
+        ["worker", "--concurrency", "2", "--queues", "leadscout.campaign", "--nice", "10"],
     ]
     children = [
         subprocess.Popen(

@@ -9,14 +9,9 @@ import structlog
 from celery import Celery
 from celery.signals import worker_ready
 
+from worker.broker import broker_url
+
 logger = structlog.get_logger(__name__)
-
-
-def broker_url(redis_url: str) -> str:
-    """kombu spells a Unix socket ``redis+socket://``."""
-    if redis_url.startswith("unix://"):
-        return "redis+socket://" + redis_url.removeprefix("unix://")
-    return redis_url
 
 
 def create_app() -> Celery:

@@ -37,3 +37,17 @@ REPORTER_LAG = Gauge(
     "Stream entries the reporter's consumer group has not acknowledged: undelivered + pending.",
     ["group"],
 )
+STREAM_LENGTH = Gauge(
+    "leadscout_stream_length",
+    "Entries in the event stream (XLEN), set by the reporter.",
+    ["stream"],
+)
+STREAM_OLDEST_AGE = Gauge(
+    "leadscout_stream_oldest_age_seconds",
+    "Age of the event stream's oldest entry by Redis's clock (0 when empty), set by the reporter.",
+    ["stream"],
+)
+COMMANDS_SWEPT = Counter(
+    "leadscout_commands_swept_total",
+    "Unfinished commands the sweeper published again after LEADSCOUT_SWEEP_AFTER_S untouched.",
+)

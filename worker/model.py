@@ -18,11 +18,13 @@ class Template:
     category: str
     status: str
     body: str
+    # ``n`` of SPEC 3: the highest placeholder number, 0 if none. Read for every command of
+    # a chunk, so counted once per template snapshot.
+    placeholder_count: int = field(init=False)
 
-    @property
-    def placeholder_count(self) -> int:
-        """``n`` of SPEC 3: the highest placeholder number, 0 if none."""
-        return max((int(n) for n in _PLACEHOLDER.findall(self.body)), default=0)
+    def __post_init__(self) -> None:
+        count = max((int(n) for n in _PLACEHOLDER.findall(self.body)), default=0)
+        object.__setattr__(self, "placeholder_count", count)
 
     def render(self, parameters: list[str]) -> str:
         return _PLACEHOLDER.sub(lambda m: parameters[int(m.group(1)) - 1], self.body)

@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from schemas.api import CampaignId
 from worker import metrics
 from worker.relay import EVENT_FIELD, _serve_metrics, _StopFlag
+from worker.retention import Retention, stream_gauges
 from worker.store import campaign_stats
 from worker.store.campaign_stats import Bucket, Outcome
 from worker.store.db import get_engine
@@ -340,7 +341,8 @@ def run_forever(database_url: str, redis_url: str, stream: str) -> None:
     logger.info("reporter.stopped")
 
 
-def _loop(reporter: Reporter, stop: _StopFlag) -> None:
+def _loop(reporter: Reporter, stop: _StopFlag, retention: Retention | None = None) -> None:
+    retention = retention or Retention(reporter.engine, reporter.redis, reporter.stream)
     failures, lag_due = 0, 0.0
     while not stop.requested:
         try:
@@ -348,7 +350,9 @@ def _loop(reporter: Reporter, stop: _StopFlag) -> None:
             # When idle (the read waited block_ms for nothing) or every LAG_EVERY_S when busy.
             if not handled or time.monotonic() >= lag_due:
                 reporter.refresh_lag()
+                stream_gauges(reporter.redis, reporter.stream)
                 lag_due = time.monotonic() + LAG_EVERY_S
+            retention.run_if_due()
         except (SQLAlchemyError, RedisError) as error:
             failures += 1
             reporter.after_failure()

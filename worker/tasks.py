@@ -75,7 +75,9 @@ def _send_events_now(engine: Engine, event_ids: Sequence[UUID]) -> None:
 
 def publish(command: InitiateOutbound) -> None:
     """Sends the command to the workers; its row must be committed before this."""
-    initiate_outbound.delay(command.to_message())
+    initiate_outbound.apply_async(
+        (command.to_message(),), argsrepr=f"(command {command.command_id})", kwargsrepr=""
+    )
 
 
 # Commands per campaign task: one claim, one catalog read and one write transaction each.
@@ -127,4 +129,5 @@ def _yield_to_single_initiations() -> None:
 
 def publish_chunk(command_ids: Sequence[UUID]) -> None:
     """Sends up to CHUNK_SIZE recorded commands to the campaign queue, as one task."""
-    initiate_chunk.delay([str(command_id) for command_id in command_ids])
+    ids = [str(command_id) for command_id in command_ids]
+    initiate_chunk.apply_async((ids,), argsrepr=f"({len(ids)} commands)", kwargsrepr="")

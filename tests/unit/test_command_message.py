@@ -83,11 +83,15 @@ class TestWhereTheCommandIsWritten:
 
     def test_published_message(self, monkeypatch: pytest.MonkeyPatch) -> None:
         sent: list[Any] = []
-        monkeypatch.setattr(tasks, "initiate_outbound", SimpleNamespace(delay=sent.append))
+
+        def apply_async(args: tuple[Any, ...], **options: Any) -> None:
+            sent.append(args)
+
+        monkeypatch.setattr(tasks, "initiate_outbound", SimpleNamespace(apply_async=apply_async))
 
         tasks.publish(command(AS_SENT))
 
-        assert sent == [command(AS_SENT).to_message()]
+        assert sent == [(command(AS_SENT).to_message(),)]
 
     def test_payload_column(self) -> None:
         row = _row(command(AS_SENT), idempotency_key=None, body_hash=None)

@@ -359,4 +359,5 @@ campaign_events_counted = Table(
     metadata,
     Column("event_id", UUID(as_uuid=True), primary_key=True),
     Column("counted_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_campaign_events_counted_counted_at", "counted_at"),  # retention prunes by age
 )
