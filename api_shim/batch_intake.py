@@ -13,6 +13,7 @@ import structlog
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Engine
 
+from api_shim.body import ItemErrors, body_hash
 from api_shim.intake import BROKER_UNAVAILABLE
 from api_shim.problems import ApiProblem
 from schemas.batches import BatchAccepted, BatchStatus, InitiateOutboundBatchRequest, InvalidItem
@@ -21,7 +22,6 @@ from schemas.errors import ErrorCode
 from worker import tasks
 from worker.store import batches
 from worker.store.batches import NewBatch, StoredBatch
-from worker.store.commands import request_hash
 
 logger = structlog.get_logger(__name__)
 
@@ -29,12 +29,17 @@ INVALID_ITEMS = TypeAdapter(list[InvalidItem])
 
 
 def sort_items(
-    workspace_id: UUID, body: InitiateOutboundBatchRequest
+    workspace_id: UUID, body: InitiateOutboundBatchRequest, refused: ItemErrors | None = None
 ) -> tuple[list[InitiateOutbound], list[dict[str, Any]]]:
-    """The commands of the valid items, in order, and the invalid items with their errors."""
+    """The commands of the valid items, in order, and the invalid items with their errors;
+    ``refused``: the items that parsing found holding a value no request may hold."""
     accepted: list[InitiateOutbound] = []
     invalid: list[dict[str, Any]] = []
+    refused = refused or {}
     for index, item in enumerate(body.items):
+        if index in refused:
+            invalid.append({"index": index, "errors": refused[index]})
+            continue
         try:
             request = body.item_request(item)
         except ValidationError as exc:
@@ -57,17 +62,18 @@ def accept(
     raw_body: Any,
     body: InitiateOutboundBatchRequest,
     idempotency_key: str | None,
+    refused: ItemErrors | None = None,
 ) -> dict[str, Any]:
     """The 202 body once every accepted item is a durable command and was published;
     a replay of the same key and body answers the first call's."""
-    accepted, invalid = sort_items(workspace_id, body)
+    accepted, invalid = sort_items(workspace_id, body, refused)
     batch = NewBatch(
         id=uuid4(),
         workspace_id=workspace_id,
         campaign_id=body.campaign_id,
         commands=accepted,
         invalid=invalid,
-        request_hash=request_hash(raw_body),
+        request_hash=body_hash(raw_body),
     )
     structlog.contextvars.bind_contextvars(batch_id=str(batch.id), workspace_id=str(workspace_id))
     with engine.begin() as conn:

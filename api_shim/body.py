@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -13,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api_shim.problems import ApiProblem, validation_errors
 from schemas.errors import ErrorCode
+from worker.store.commands import request_hash
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -22,23 +24,47 @@ M = TypeVar("M", bound=BaseModel)
 _PARSE_IN_THREAD_BYTES = 64 * 1024
 
 
+# Arrays and objects nest at most this deep, the body itself being level 1. pydantic's
+# serializer gives up past 255 levels (a 500 when the command is stored), json.loads near
+# 1,000; no request of SPEC 4 needs more than a few.
+MAX_NESTING = 128
+TOO_DEEP = f"nested deeper than {MAX_NESTING} levels of arrays and objects"
+
+# A batch item's own errors, by its index in ``items``.
+ItemErrors = dict[int, list[dict[str, Any]]]
+
+
 async def parsed_body(request: Request, model: type[M]) -> tuple[Any, M]:
     """(the parsed JSON, the validated model); 422 ValidationError on either failing."""
+    raw, body, _ = await _parsed(request, model, items_apart=False)
+    return raw, body
+
+
+async def parsed_batch_body(request: Request, model: type[M]) -> tuple[Any, M, ItemErrors]:
+    """As ``parsed_body``, but a value no item may hold (NUL, a lone surrogate, an inexact
+    number) inside ``items[i]`` makes only that item invalid: its errors come back apart."""
+    return await _parsed(request, model, items_apart=True)
+
+
+async def _parsed(request: Request, model: type[M], items_apart: bool) -> tuple[Any, M, ItemErrors]:
     raw = await request.body()
     if len(raw) > _PARSE_IN_THREAD_BYTES:
-        return await run_in_threadpool(_parse, raw, model)
-    return _parse(raw, model)
+        return await run_in_threadpool(parse, raw, model, items_apart)
+    return parse(raw, model, items_apart)
 
 
-def _parse(raw: bytes, model: type[M]) -> tuple[Any, M]:
+def parse(raw: bytes, model: type[M], items_apart: bool = False) -> tuple[Any, M, ItemErrors]:
+    """The body's JSON, the model and (``items_apart``) the batch items' own refusals;
+    raises the 422 ValidationError problem, and nothing else, for any other bytes."""
     try:
         data = json.loads(raw, **_JSON_OPTIONS) if raw else None
     except (ValueError, RecursionError) as exc:
         raise _invalid([{"loc": ["body"], "msg": f"Invalid JSON: {exc}"}]) from None
-    if unstorable := _unstorable(data):
-        raise _invalid(unstorable)
+    whole_call, item_errors = _sorted_refusals(_refusals(data), items_apart)
+    if whole_call:
+        raise _invalid(whole_call)
     try:
-        return data, model.model_validate(data)
+        return data, model.model_validate(data), item_errors
     except ValidationError as exc:
         errors = [{**e, "loc": ["body", *e["loc"]]} for e in exc.errors()]
         raise _invalid(validation_errors(errors)) from None
@@ -99,24 +125,60 @@ _JSON_OPTIONS: dict[str, Any] = {
 _Path = tuple[Any, Any] | None
 
 
-def _unstorable(data: Any) -> list[dict[str, Any]]:
-    """What PostgreSQL's jsonb would not keep as sent, in document order: numbers a double
-    changes, NUL characters, lone surrogates."""
-    errors: list[dict[str, Any]] = []
-    pending: list[tuple[_Path, Any]] = [(None, data)]
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """A member no body may hold; ``too_deep`` ones say nothing of any one item."""
+
+    loc: list[Any]
+    msg: str
+    too_deep: bool = False
+
+    @property
+    def item_index(self) -> int | None:
+        """Its index in a batch's ``items`` (an int key is a list index), if it is in one."""
+        if len(self.loc) > 2 and self.loc[1] == "items" and isinstance(self.loc[2], int):
+            return self.loc[2]
+        return None
+
+
+def _refusals(data: Any) -> list[_Refusal]:
+    """In document order: containers nested deeper than MAX_NESTING, and what PostgreSQL's
+    jsonb would not keep as sent (numbers a double changes, NUL characters, lone surrogates)."""
+    refusals: list[_Refusal] = []
+    pending: list[tuple[_Path, int, Any]] = [(None, 1, data)]
     while pending:
-        path, item = pending.pop()
-        if isinstance(item, dict):
+        path, level, item = pending.pop()
+        if isinstance(item, (dict, list)) and level > MAX_NESTING:
+            refusals.append(_Refusal(_loc(path), TOO_DEEP, too_deep=True))
+        elif isinstance(item, dict):
             for key, value in reversed(item.items()):
                 # A refused key is reported at its object: its own location could not be sent.
-                pending.append((path, key) if _problem(key) else ((path, key), value))
+                pending.append(
+                    (path, level, key) if _problem(key) else ((path, key), level + 1, value)
+                )
         elif isinstance(item, list):
             # Only containers and refused members are walked on: a 8 MiB list stays cheap.
-            walked = [((path, i), v) for i, v in enumerate(item) if _walked_on(v)]
+            walked = [((path, i), level + 1, v) for i, v in enumerate(item) if _walked_on(v)]
             pending += reversed(walked)
         elif problem := _problem(item):
-            errors.append({"loc": _loc(path), "msg": problem})
-    return errors
+            refusals.append(_Refusal(_loc(path), problem))
+    return refusals
+
+
+def _sorted_refusals(
+    refusals: list[_Refusal], items_apart: bool
+) -> tuple[list[dict[str, Any]], ItemErrors]:
+    """(the errors that refuse the whole call, those of single batch items)."""
+    whole_call: list[dict[str, Any]] = []
+    item_errors: ItemErrors = {}
+    for refusal in refusals:
+        error = {"loc": refusal.loc, "msg": refusal.msg}
+        index = refusal.item_index if items_apart and not refusal.too_deep else None
+        if index is None:
+            whole_call.append(error)
+        else:
+            item_errors.setdefault(index, []).append(error)
+    return whole_call, item_errors
 
 
 def _walked_on(item: Any) -> bool:
@@ -143,6 +205,35 @@ def _loc(path: _Path) -> list[Any]:
         path, key = path
         keys.append(key)
     return ["body", *reversed(keys)]
+
+
+def body_hash(data: Any) -> str:
+    """``request_hash`` (equal as parsed JSON, equal hash), also for a batch body whose
+    invalid items hold what JSON text cannot carry: inexact numbers, lone surrogates."""
+    try:
+        return request_hash(data)
+    except (TypeError, UnicodeEncodeError):
+        return _hash_with_refused_values(data)
+
+
+def _hash_with_refused_values(data: Any) -> str:
+    """The canonical text with each inexact number as null, then, after a line break (which
+    that text never holds), where each was and its literal: 1e400 and "1e400" differ."""
+    inexact: list[tuple[list[Any], str]] = []
+
+    def plain(item: Any, loc: list[Any]) -> Any:  # depth ≤ MAX_NESTING: parsing checked it
+        if isinstance(item, _InexactNumber):
+            inexact.append((loc, item.literal))
+            return None
+        if isinstance(item, dict):
+            return {k: plain(v, [*loc, k]) for k, v in item.items()}
+        if isinstance(item, list):
+            return [plain(v, [*loc, i]) for i, v in enumerate(item)]
+        return item
+
+    text = json.dumps(plain(data, []), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text += "\n" + json.dumps(inexact)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _invalid(errors: list[dict[str, Any]]) -> ApiProblem:

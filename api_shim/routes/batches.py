@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api_shim import batch_intake
-from api_shim.body import parsed_body, request_body_doc
+from api_shim.body import parsed_batch_body, request_body_doc
 from api_shim.deps import EngineDep, IdPath, WorkspaceId, parse_uuid
 from api_shim.openapi import link, problem_responses
 from api_shim.problems import ApiProblem
@@ -54,14 +54,15 @@ async def initiate_outbound_batch(
         str | None,
         Header(
             alias="Idempotency-Key",
+            min_length=1,
             max_length=255,
             description="The same key with the same body within 24 h answers the same batch.",
         ),
     ] = None,
 ) -> JSONResponse:
-    raw, body = await parsed_body(request, InitiateOutboundBatchRequest)
+    raw, body, refused = await parsed_batch_body(request, InitiateOutboundBatchRequest)
     answer = await run_in_threadpool(
-        batch_intake.accept, engine, workspace_id, raw, body, idempotency_key
+        batch_intake.accept, engine, workspace_id, raw, body, idempotency_key, refused
     )
     location = batch_url(workspace_id, answer["batchId"])
     return JSONResponse(answer, status_code=202, headers={"Location": location})

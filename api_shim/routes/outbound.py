@@ -100,6 +100,7 @@ async def initiate_outbound(
         str | None,
         Header(
             alias="Idempotency-Key",
+            min_length=1,
             max_length=255,
             description="The same key with the same body within 24 h answers the same command.",
         ),
