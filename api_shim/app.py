@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_shim import openapi, problems
+from api_shim.batch_process import BatchIntakeProcess
 from api_shim.guard import GuardMiddleware, KeyCache
 from api_shim.intake import Intake
 from api_shim.outcomes import OutcomeListener, outcomes_in
@@ -54,7 +55,10 @@ def create_app() -> FastAPI:
         app.state.engine = engine
         app.state.redis = readiness_redis(redis_url)
         app.state.intake = Intake(engine, listener, settings.sync_wait_s)
+        app.state.batch_intake = BatchIntakeProcess(database_url, redis_url, settings.log_format)
+        await app.state.batch_intake.warm_up()
         yield
+        app.state.batch_intake.close()
         await asyncio.gather(listener.stop(), revocations.stop())
         await app.state.redis.aclose()
 

@@ -1,7 +1,7 @@
 """Batch intake (SPEC 4.3): sort the items, record the batch durably, publish, answer.
 
-Everything here is blocking (10,000 validations, one transaction, the broker): the route
-runs it in the thread pool.
+Everything here is blocking (10,000 validations, one transaction, the broker): it runs in the
+batch intake process (``api_shim.batch_process``), away from the API's event loop and GIL.
 """
 
 from __future__ import annotations

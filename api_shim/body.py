@@ -35,22 +35,14 @@ ItemErrors = dict[int, list[dict[str, Any]]]
 
 
 async def parsed_body(request: Request, model: type[M]) -> tuple[Any, M]:
-    """(the parsed JSON, the validated model); 422 ValidationError on either failing."""
-    raw, body, _ = await _parsed(request, model, items_apart=False)
-    return raw, body
-
-
-async def parsed_batch_body(request: Request, model: type[M]) -> tuple[Any, M, ItemErrors]:
-    """As ``parsed_body``, but a value no item may hold (NUL, a lone surrogate, an inexact
-    number) inside ``items[i]`` makes only that item invalid: its errors come back apart."""
-    return await _parsed(request, model, items_apart=True)
-
-
-async def _parsed(request: Request, model: type[M], items_apart: bool) -> tuple[Any, M, ItemErrors]:
+    """(the parsed JSON, the validated model); 422 ValidationError on either failing.
+    (A batch body is parsed in the batch intake process: ``api_shim.batch_process``.)"""
     raw = await request.body()
     if len(raw) > _PARSE_IN_THREAD_BYTES:
-        return await run_in_threadpool(parse, raw, model, items_apart)
-    return parse(raw, model, items_apart)
+        data, body, _ = await run_in_threadpool(parse, raw, model)
+    else:
+        data, body, _ = parse(raw, model)
+    return data, body
 
 
 def parse(raw: bytes, model: type[M], items_apart: bool = False) -> tuple[Any, M, ItemErrors]:

@@ -9,7 +9,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api_shim import batch_intake
-from api_shim.body import parsed_batch_body, request_body_doc
+from api_shim.batch_process import BatchIntakeProcess
+from api_shim.body import request_body_doc
 from api_shim.deps import EngineDep, IdPath, WorkspaceId, parse_uuid
 from api_shim.openapi import link, problem_responses
 from api_shim.problems import ApiProblem
@@ -49,7 +50,6 @@ async def initiate_outbound_batch(
     workspaceId: str,
     request: Request,
     workspace_id: WorkspaceId,
-    engine: EngineDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -60,10 +60,8 @@ async def initiate_outbound_batch(
         ),
     ] = None,
 ) -> JSONResponse:
-    raw, body, refused = await parsed_batch_body(request, InitiateOutboundBatchRequest)
-    answer = await run_in_threadpool(
-        batch_intake.accept, engine, workspace_id, raw, body, idempotency_key, refused
-    )
+    intake: BatchIntakeProcess = request.app.state.batch_intake
+    answer = await intake.accept(workspace_id, await request.body(), idempotency_key)
     location = batch_url(workspace_id, answer["batchId"])
     return JSONResponse(answer, status_code=202, headers={"Location": location})
 
