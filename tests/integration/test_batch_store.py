@@ -17,7 +17,7 @@ from tests.integration.test_concurrency import run_at_once
 from tests.integration.test_interleavings import Gate, engine_stopping
 from tests.processes import wait_until
 from tests.world import World, body
-from worker.store import batches
+from worker.store import batches, bulk
 from worker.store.batches import NewBatch, StoredBatch
 from worker.store.commands import request_hash
 from worker.store.tables import batches as batch_rows
@@ -117,14 +117,22 @@ class TestRecord:
             request_hash(c.to_message()["request"]) for c in expected
         ]
 
-    def test_twelve_hundred_commands_take_one_insert_statement(self, engine, world):
+    def test_twelve_hundred_commands_take_one_copy_and_no_insert(self, engine, world, monkeypatch):
         batch = new_batch(world, size=1200)
+        copies: list[tuple[str, int]] = []
+        copy_rows = bulk.copy_rows
 
+        def counted(conn: Any, table: Any, columns: Any, rows: Any) -> int:
+            count = copy_rows(conn, table, columns, rows)
+            copies.append((table.name, count))  # psycopg's COPY goes around SQLAlchemy
+            return count
+
+        monkeypatch.setattr(bulk, "copy_rows", counted)
         with counting_statements(engine) as statements:
             record(engine, batch)
 
-        inserts = [s for s in statements if s.startswith("INSERT INTO commands")]
-        assert len(inserts) == 1
+        assert copies == [("commands", 1200)]
+        assert [s for s in statements if "INTO commands" in s] == []
         assert set(command_batches(engine)) == ids(batch)
 
     def test_a_batch_without_valid_items_is_recorded_with_its_invalid_ones(self, engine, world):
@@ -211,16 +219,17 @@ class TestIdempotencyKey:
     def test_a_twin_waits_for_the_first_transaction_and_answers_its_batch(
         self, engine, world, database_url
     ):
-        """The first stops inside its transaction, after its commands; the twin blocks on the
-        unique index until the first commits, then answers the first's batch."""
+        """The first stops inside its transaction, right after its batch row (its commands
+        follow by COPY, which the gate cannot see); the twin blocks on the unique index
+        until the first commits, then answers the first's batch."""
         first, twin = new_batch(world), new_batch(world)
         gate = Gate()
         answers: dict[str, StoredBatch | None] = {}
 
-        def commands_written(sql: str) -> bool:
-            return sql.startswith("INSERT INTO commands")
+        def batch_written(sql: str) -> bool:
+            return sql.startswith("INSERT INTO batches")
 
-        with engine_stopping(database_url, gate, commands_written, after=True) as stopping:
+        with engine_stopping(database_url, gate, batch_written, after=True) as stopping:
             first_thread = threading.Thread(
                 target=lambda: answers.setdefault("first", record(stopping, first))
             )

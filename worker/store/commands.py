@@ -6,25 +6,31 @@ import hashlib
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, cast
 from uuid import UUID
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
+    DateTime,
+    and_,
     bindparam,
     case,
     delete,
     func,
     insert,
+    or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from schemas.commands import InitiateOutbound
 from worker.store import bulk
-from worker.store.tables import NullableJSONB, commands
+from worker.store.tables import commands
 
 Finished = Literal["succeeded", "failed"]
 FINISHED: tuple[Finished, ...] = ("succeeded", "failed")
@@ -57,11 +63,16 @@ def record(
     conn.execute(insert(commands).values(_row(command, idempotency_key, body_hash, batch_id)))
 
 
+_BATCH_COLUMNS = ["id", "workspace_id", "idempotency_key", "request_hash", "payload", "batch_id"]
+
+
 def record_batch(conn: Connection, batch_id: UUID, batch: Sequence[InitiateOutbound]) -> None:
-    """Records a batch's commands with one executemany, each row as ``record`` writes it;
-    the Idempotency-Key belongs to the batch, not to its commands."""
-    if batch:
-        conn.execute(insert(commands), [_row(command, None, None, batch_id) for command in batch])
+    """Records a batch's commands in one COPY, each row as ``record`` writes it; the
+    Idempotency-Key belongs to the batch, not to its commands."""
+    rows = (_row(command, None, None, batch_id) for command in batch)
+    bulk.copy_rows(
+        conn, commands, _BATCH_COLUMNS, ([row[c] for c in _BATCH_COLUMNS] for row in rows)
+    )
 
 
 def _row(
@@ -124,30 +135,35 @@ def _outcomes(command_ids: Collection[UUID], rows: Sequence[Any]) -> dict[UUID, 
 
 
 def finish(conn: Connection, outcomes: Collection[Outcome]) -> None:
-    """Records the outcomes (one statement, executed as a batch)."""
+    """Records the outcomes in one UPDATE, whatever their number: they travel as one JSON
+    parameter (an executemany would run a statement per command on the server, and binding
+    arrays costs the client more than ``json.dumps``)."""
     if not outcomes:
         return
-    conn.execute(
-        update(commands)
-        .where(commands.c.id == bindparam("outcome_id"))
-        .values(
-            status=bindparam("outcome_status"),
-            result=bindparam("outcome_result", type_=NullableJSONB),
-            error=bindparam("outcome_error", type_=NullableJSONB),
-            error_code=bindparam("outcome_code"),
-            updated_at=func.now(),
-            completed_at=func.now(),
-        ),
+    document = json.dumps(
         [
             {
-                "outcome_id": outcome.command_id,
-                "outcome_status": outcome.status,
-                "outcome_result": outcome.result,
-                "outcome_error": outcome.error,
-                "outcome_code": outcome.error["code"] if outcome.error else None,
+                "id": str(o.command_id),
+                "status": o.status,
+                "result": o.result,
+                "error": o.error,
+                "code": o.error["code"] if o.error else None,
             }
-            for outcome in outcomes
+            for o in outcomes
         ],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    conn.execute(
+        text(
+            "UPDATE commands SET status = outcome.status, result = outcome.result,"
+            " error = outcome.error, error_code = outcome.code,"
+            " updated_at = now(), completed_at = now()"
+            " FROM jsonb_to_recordset(CAST(:outcomes AS jsonb))"
+            " AS outcome(id uuid, status text, result jsonb, error jsonb, code text)"
+            " WHERE commands.id = outcome.id"
+        ),
+        {"outcomes": document},
     )
 
 
@@ -246,3 +262,90 @@ def load(conn: Connection, command_ids: Sequence[UUID]) -> list[InitiateOutbound
 
 def find_any(conn: Connection, command_id: UUID) -> StoredCommand | None:
     return _stored(conn, commands.c.id == command_id)
+
+
+UNFINISHED = ("accepted", "processing")
+
+
+@dataclass(frozen=True, slots=True)
+class StaleCommand:
+    """An unfinished command nobody touched for a while; ``payload`` only for a single one
+    (a chunk task carries ids, a single task the command itself)."""
+
+    id: UUID
+    batch_id: UUID | None
+    payload: dict[str, Any] | None
+
+
+def take_stale(
+    conn: Connection,
+    after_s: float,
+    limit: int,
+    *,
+    single_queued_since: datetime | None = None,
+    chunk_queued_since: datetime | None = None,
+) -> list[StaleCommand]:
+    """The oldest unfinished commands untouched for ``after_s`` seconds, up to ``limit``,
+    locked for this transaction and marked touched now, oldest first.
+
+    ``SKIP LOCKED`` passes over rows another sweeper or a worker's write holds; the touch
+    keeps every sweeper off them for another ``after_s``. A worker touches a command when
+    it marks it processing, so only a stalled or lost one stays untouched that long.
+
+    An ``accepted`` command may just be waiting in its queue behind a backlog: it is taken
+    only if it was last touched (recorded, or published again) before the commands of the
+    oldest message still waiting in that queue were (``*_queued_since``; None: the queue is
+    empty). The queues are FIFO: its own message left the queue already, or never got there.
+    """
+    cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, bindparam("after_s", after_s))
+    single, chunk = commands.c.batch_id.is_(None), commands.c.batch_id.is_not(None)
+    oldest = (
+        select(commands.c.id)
+        # created_at first: ix_commands_unfinished serves the scan.
+        .where(
+            commands.c.status.in_(UNFINISHED),
+            commands.c.created_at < cutoff,
+            commands.c.updated_at < cutoff,
+            or_(
+                commands.c.status == "processing",
+                and_(single, _touched_before(single_queued_since, "single_queued_since")),
+                and_(chunk, _touched_before(chunk_queued_since, "chunk_queued_since")),
+            ),
+        )
+        .order_by(commands.c.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = conn.execute(
+        update(commands)
+        .where(commands.c.id.in_(oldest))
+        .values(updated_at=func.now())
+        .returning(
+            commands.c.id,
+            commands.c.batch_id,
+            case((single, commands.c.payload)).label("payload"),
+            commands.c.created_at,
+        )
+    ).all()
+    return [
+        StaleCommand(row.id, row.batch_id, row.payload)
+        for row in sorted(rows, key=lambda row: (row.created_at, row.id))
+    ]
+
+
+def _touched_before(moment: datetime | None, name: str) -> ColumnElement[bool]:
+    if moment is None:
+        return true()
+    return commands.c.updated_at < bindparam(name, moment, DateTime(timezone=True))
+
+
+def last_touched(conn: Connection, command_ids: Collection[UUID]) -> datetime | None:
+    """When the latest of these commands was last touched (None: none of them is known)."""
+    if not command_ids:
+        return None
+    return cast(
+        datetime | None,
+        conn.execute(
+            select(func.max(commands.c.updated_at)).where(bulk.any_of(commands.c.id, command_ids))
+        ).scalar_one(),
+    )
