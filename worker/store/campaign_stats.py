@@ -7,8 +7,9 @@ from collections.abc import Collection, Iterable
 from typing import Literal, NamedTuple
 from uuid import UUID
 
-from sqlalchemy import Connection, Row, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Connection, Row, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import UUID as PgUUID
 
 from schemas.reporting import CampaignStats, ChannelCounts
 from worker.store.tables import campaign_events_counted, campaign_stats
@@ -30,10 +31,11 @@ def record_new_events(conn: Connection, event_ids: Collection[UUID]) -> set[UUID
     if not event_ids:
         return set()
     # Sorted, so two reporters inserting overlapping batches take row locks in one order.
-    rows = [{"event_id": event_id} for event_id in sorted(event_ids)]
+    # One array parameter: a VALUES list would bind (and compile) one parameter per id.
+    ids = bindparam("event_ids", sorted(event_ids), ARRAY(PgUUID(as_uuid=True)))
     statement = (
         insert(campaign_events_counted)
-        .values(rows)
+        .from_select(["event_id"], select(func.unnest(ids)))
         .on_conflict_do_nothing()
         .returning(campaign_events_counted.c.event_id)
     )
