@@ -7,7 +7,7 @@ import os
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 
-_engines: dict[tuple[int, str], Engine] = {}
+_engines: dict[tuple[int, str, bool], Engine] = {}
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -16,19 +16,23 @@ def sqlalchemy_url(url: str) -> str:
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
-def make_engine(url: str, pool_size: int = 5) -> Engine:
+def make_engine(url: str, pool_size: int = 5, *, pre_ping: bool = True) -> Engine:
+    """``pre_ping``: test each pooled connection with a round trip before handing it out, so
+    that the first use after a PostgreSQL restart does not fail. A worker turns it off: it
+    costs a round trip per transaction, and a task that meets a dead connection is retried
+    (SQLAlchemy then drops the pool's other connections of before the restart too)."""
     return create_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
         max_overflow=10,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         connect_args={"options": "-c timezone=UTC"},
     )
 
 
-def get_engine(url: str) -> Engine:
+def get_engine(url: str, *, pre_ping: bool = True) -> Engine:
     """The process's engine for ``url``; a forked child gets a fresh pool."""
-    key = (os.getpid(), url)
+    key = (os.getpid(), url, pre_ping)
     if key not in _engines:
-        _engines[key] = make_engine(url)
+        _engines[key] = make_engine(url, pre_ping=pre_ping)
     return _engines[key]
