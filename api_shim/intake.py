@@ -11,6 +11,7 @@ import structlog
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from redis.exceptions import RedisError
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from api_shim.outcomes import OutcomeListener
@@ -124,8 +125,18 @@ class Intake:
         try:
             message = await asyncio.wait_for(asyncio.shield(outcome), timeout=self.sync_wait_s)
         except TimeoutError:
-            return await self.current(command_id)
+            return await self._current_or_accepted(command_id)
         return Status(command_id, message["status"], message["result"], message["error"])
+
+    async def _current_or_accepted(self, command_id: UUID) -> Status:
+        """The command is recorded and published: if the database cannot tell its status
+        now, it is still accepted (202). A 503 would say nothing was accepted, and invite a
+        retry that initiates twice."""
+        try:
+            return await self.current(command_id)
+        except OperationalError:
+            logger.warning("intake.status_unavailable")
+            return Status(command_id, "accepted")
 
     async def current(self, command_id: UUID) -> Status:
         stored = await run_in_threadpool(self._find, command_id)

@@ -1,9 +1,15 @@
-"""The outbox relay: moves committed outbox rows to the Redis Stream (SPEC 6, invariant 4).
+"""The outbox relay: moves committed outbox rows to the Redis Stream (SPEC 6, invariant 4),
+and runs the command sweeper (``worker.sweeper``, SPEC 5.2) in the same loop.
 
 Rows are sent with XADD *before* the transaction that marks them published commits, so a
 crash in between sends them again: delivery is at least once and subscribers dedupe by the
 CloudEvents ``id``. ``FOR UPDATE SKIP LOCKED`` lets any number of relays (and the workers'
 fast path) run at once without two of them sending the same row concurrently.
+
+A row marked published may still be lost to its subscribers: Redis restarted without
+persistence (or flushed) before they read its entry. The relay keeps a key in Redis; when
+the key is gone, Redis lost its data, and the rows published in the last
+``REPLAY_WINDOW_S`` are sent again (``replay_after_data_loss``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 from uuid import UUID
 
 import structlog
+from kombu.exceptions import OperationalError as BrokerError
 from prometheus_client import start_http_server
 from redis import Redis
 from redis.exceptions import RedisError
@@ -34,6 +41,13 @@ logger = structlog.get_logger(__name__)
 
 MAX_BACKOFF_S = 5.0
 EVENT_FIELD = "event"
+# Present while Redis keeps its data: a restart without persistence or a flush removes it,
+# with the stream entries no subscriber had read yet.
+MEMORY_KEY = "leadscout:relay:memory"
+# How far back the relay sends published rows again after Redis lost its data: a
+# subscriber further behind than this when it happened misses the older entries.
+REPLAY_WINDOW_S = 900.0
+MEMORY_CHECK_S = 1.0
 
 
 def relay_batch(engine: Engine, redis: Redis, stream: str, limit: int = 500) -> int:
@@ -51,6 +65,26 @@ def publish_now(engine: Engine, redis: Redis, stream: str, event_ids: Iterable[U
         return 0
     named = bulk.any_of(outbox.c.event_id, wanted)
     return _send(engine, redis, stream, _unpublished().where(named), path="direct")
+
+
+def replay_after_data_loss(
+    engine: Engine, redis: Redis, window_s: float = REPLAY_WINDOW_S
+) -> int | None:
+    """If Redis lost its data since the last call, marks the rows published in the last
+    ``window_s`` unpublished again, for ``relay_batch`` to send; returns how many (None: no
+    loss). The key is set after the commit: a crash in between replays again (duplicates
+    that subscribers drop by event id), never less. Several relays may replay at once."""
+    if redis.exists(MEMORY_KEY):
+        return None
+    since = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, window_s)
+    with engine.begin() as conn:
+        replayed = conn.execute(
+            update(outbox).where(outbox.c.published_at > since).values(published_at=None)
+        ).rowcount
+    redis.set(MEMORY_KEY, "1")
+    if replayed:
+        logger.warning("relay.redis_data_lost", replayed=replayed, window_s=window_s)
+    return int(replayed)
 
 
 def _unpublished() -> Select[Any]:
@@ -110,16 +144,27 @@ class _StopFlag:
 
 
 def run_forever(database_url: str, redis_url: str, stream: str, idle_sleep_s: float = 0.2) -> None:
+    # Here, not at the top: the tasks the sweeper publishes import this module (fast path).
+    from worker.celery_app import use_broker
+    from worker.sweeper import Sweeper
+
     engine = get_engine(database_url)
     redis = Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30)
+    use_broker(redis_url)
+    sweeper = Sweeper(engine, redis, get_settings().sweep_after_s)
     _serve_metrics()
     stop = _StopFlag()
-    logger.info("relay.started", stream=stream)
+    logger.info("relay.started", stream=stream, sweep_after_s=sweeper.after_s)
     failures = 0
+    memory_checked = 0.0
     while not stop.requested:
         try:
+            if time.monotonic() - memory_checked >= MEMORY_CHECK_S:
+                replay_after_data_loss(engine, redis)
+                memory_checked = time.monotonic()
             sent = relay_batch(engine, redis, stream)
-        except (SQLAlchemyError, RedisError) as error:
+            sweeper.maybe_sweep()
+        except (SQLAlchemyError, RedisError, BrokerError) as error:
             failures += 1
             stop.sleep(_backoff(failures, error))
             continue
