@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from core.embedded import start_postgres, start_redis
+from core.embedded import start_postgres, start_redis, stop_redis
 from worker.store.db import sqlalchemy_url
 
 
@@ -65,4 +65,4 @@ def redis_server() -> Iterator[str]:
         try:
             yield url
         finally:
-            server.shutdown()
+            stop_redis(server, keep_data=False)

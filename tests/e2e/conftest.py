@@ -22,7 +22,7 @@ import pytest
 from redis import Redis
 from sqlalchemy import Engine
 
-from core.embedded import start_redis
+from core.embedded import start_redis, stop_redis
 from tests.e2e.support import STREAM, Api, Catalog, minimal_catalog
 from tests.processes import running, service_env, wait_until
 from tests.world import World
@@ -151,7 +151,7 @@ def workerless_api_url(database_url: str, tmp_path_factory) -> Iterator[str]:
 
             wait_until(ready, START_TIMEOUT_S, "the workerless API's /readyz to answer 200")
             yield url
-        lonely_server.shutdown()
+        stop_redis(lonely_server, keep_data=False)
 
 
 @pytest.fixture

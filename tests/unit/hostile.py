@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-EXAMPLES = {"quick": 50, "thorough": 1_000}
+EXAMPLES = {"quick": 25, "thorough": 1_000}
 PROFILE = os.environ.get("LEADSCOUT_HYPOTHESIS", "quick")
 
 # No deadline: two cores shared with other suites make timings meaningless. Classes give
