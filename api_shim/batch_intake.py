@@ -105,8 +105,8 @@ def _publish(engine: Engine, batch: NewBatch) -> None:
     ids = [command.command_id for command in batch.commands]
     sent = 0
     try:
-        for start in range(0, len(ids), tasks.CHUNK_SIZE):
-            tasks.publish_chunk(ids[start : start + tasks.CHUNK_SIZE])
+        for chunk in tasks.chunks(ids):
+            tasks.publish_chunk(chunk)
             sent += 1
     except BROKER_UNAVAILABLE as exc:
         if sent:

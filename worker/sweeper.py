@@ -113,8 +113,8 @@ def publish(stale: Sequence[StaleCommand]) -> tuple[int, int]:
             by_batch.setdefault(command.batch_id, []).append(command.id)
     chunks = 0
     for ids in by_batch.values():
-        for start in range(0, len(ids), tasks.CHUNK_SIZE):
-            tasks.publish_chunk(ids[start : start + tasks.CHUNK_SIZE])
+        for chunk in tasks.chunks(ids):
+            tasks.publish_chunk(chunk)
             chunks += 1
     singles = [command for command in stale if command.batch_id is None]
     for command in singles:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -125,6 +125,12 @@ def _yield_to_single_initiations() -> None:
             time.sleep(YIELD_POLL_S)
     except RedisError:
         return  # the broker's trouble is for the task to meet, not this courtesy
+
+
+def chunks(command_ids: Sequence[UUID]) -> Iterator[Sequence[UUID]]:
+    """The ids in campaign tasks' sizes (CHUNK_SIZE), in order."""
+    for start in range(0, len(command_ids), CHUNK_SIZE):
+        yield command_ids[start : start + CHUNK_SIZE]
 
 
 def publish_chunk(command_ids: Sequence[UUID]) -> None:
