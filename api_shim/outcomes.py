@@ -87,11 +87,11 @@ def outcomes_in(engine: Engine) -> Recheck:
 
     def finished(command_ids: Collection[UUID]) -> dict[UUID, dict[str, Any]]:
         with engine.connect() as conn:
-            stored = [commands.find_any(conn, command_id) for command_id in command_ids]
+            stored = commands.find_many(conn, command_ids)
         return {
             row.id: {"status": row.status, "result": row.result, "error": row.error}
             for row in stored
-            if row is not None and row.finished
+            if row.finished
         }
 
     async def recheck(command_ids: Collection[UUID]) -> dict[UUID, dict[str, Any]]:

@@ -183,6 +183,21 @@ class TestFind:
             assert commands.find(conn, other.workspace_id, command.command_id) is None
             assert commands.find(conn, owner.workspace_id, uuid4()) is None
 
+    def test_many_in_one_statement_skip_the_unknown(self, engine, redis):
+        world = World(engine, redis)
+        done, waiting = (world.command(**body(uuid4(), uuid4())) for _ in range(2))
+        result = {"conversation": {"id": "c"}}
+        with engine.begin() as conn:
+            commands.finish(conn, [commands.Outcome(done.command_id, "succeeded", result=result)])
+        with engine.connect() as conn:
+            found = commands.find_many(conn, [done.command_id, waiting.command_id, uuid4()])
+        assert sorted((str(c.id), c.status, c.result, c.finished) for c in found) == sorted(
+            [
+                (str(done.command_id), "succeeded", result, True),
+                (str(waiting.command_id), "accepted", None, False),
+            ]
+        )
+
 
 class TestFinish:
     """Finishing stamps the outcome with the time it was reached."""

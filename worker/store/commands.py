@@ -184,16 +184,25 @@ class StoredCommand:
         return self.status in FINISHED
 
 
+_STORED = (
+    commands.c.id,
+    commands.c.status,
+    commands.c.request_hash,
+    commands.c.result,
+    commands.c.error,
+)
+
+
 def _stored(conn: Connection, *where: Any, lock: bool = False) -> StoredCommand | None:
-    query = select(
-        commands.c.id,
-        commands.c.status,
-        commands.c.request_hash,
-        commands.c.result,
-        commands.c.error,
-    ).where(*where)
+    query = select(*_STORED).where(*where)
     row = conn.execute(query.with_for_update() if lock else query).one_or_none()
     return StoredCommand(*row) if row is not None else None
+
+
+def find_many(conn: Connection, command_ids: Collection[UUID]) -> list[StoredCommand]:
+    """The recorded commands among ``command_ids``, in one statement (unknown ids skipped)."""
+    rows = conn.execute(select(*_STORED).where(bulk.any_of(commands.c.id, command_ids)))
+    return [StoredCommand(*row) for row in rows]
 
 
 def find(conn: Connection, workspace_id: UUID, command_id: UUID) -> StoredCommand | None:
