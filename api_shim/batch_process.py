@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from api_shim import batch_intake
 from api_shim.body import parse
-from api_shim.problems import ApiProblem
+from api_shim.problems import ApiProblem, DependencyUnavailable
 from core import logs
 from schemas.batches import InitiateOutboundBatchRequest
 from schemas.errors import ErrorCode, Problem
@@ -51,8 +51,9 @@ def _start(database_url: str, redis_url: str, log_format: str) -> None:
 def _accept(
     workspace_id: UUID, raw: bytes, idempotency_key: str | None
 ) -> tuple[str, Any, str | None, dict[str, Any]]:
-    """In the intake process: ("accepted", answer, None, {}) or ("problem", code, detail,
-    extra). Problems travel as plain values: exceptions with keyword arguments do not pickle."""
+    """In the intake process: ("accepted", answer, None, {}), ("problem", code, detail,
+    extra) or ("unavailable", error name, None, {}). Problems travel as plain values:
+    exceptions with keyword arguments (and driver errors) do not pickle."""
     assert _database_url is not None, "the intake process was not started"
     try:
         data, body, refused = parse(raw, InitiateOutboundBatchRequest, items_apart=True)
@@ -63,11 +64,8 @@ def _accept(
         return "problem", problem.code.value, problem.detail, problem.extra
     except (OperationalError, RedisError) as exc:
         logger.warning("batch.dependency_unavailable", error=type(exc).__name__)
-        return "problem", ErrorCode.SERVICE_UNAVAILABLE.value, _UNAVAILABLE, {}
+        return "unavailable", type(exc).__name__, None, {}
     return "accepted", answer, None, {}
-
-
-_UNAVAILABLE = "The database or the broker is unreachable; nothing was accepted. Retry later."
 
 
 class BatchIntakeProcess:
@@ -104,7 +102,12 @@ class BatchIntakeProcess:
             # Idempotency-Key the client's retry answers the same batch either way.
             logger.error("batch.intake_process_died")
             self._pool = self._new_pool()
-            raise ApiProblem(ErrorCode.SERVICE_UNAVAILABLE, _UNAVAILABLE) from None
+            raise ApiProblem(
+                ErrorCode.SERVICE_UNAVAILABLE,
+                "The batch intake stopped mid-batch; retry with the same Idempotency-Key.",
+            ) from None
+        if kind == "unavailable":
+            raise DependencyUnavailable(value)
         if kind == "problem":
             raise ApiProblem(ErrorCode(value), detail, **extra)
         return dict(value)

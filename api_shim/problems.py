@@ -47,6 +47,11 @@ def as_response(problem: dict[str, Any]) -> JSONResponse:
     )
 
 
+class DependencyUnavailable(Exception):
+    """PostgreSQL or Redis was unreachable in another process of ours (the batch intake),
+    which can report it only by value: answered as the error itself would be."""
+
+
 class ApiProblem(Problem):
     """A problem raised by the API itself, with any code of SPEC 4's table."""
 
@@ -92,6 +97,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(RedisError)
+    @app.exception_handler(DependencyUnavailable)
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         logger.warning("api.dependency_unavailable", error=type(exc).__name__)
         return problem_response(
