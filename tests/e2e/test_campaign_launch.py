@@ -17,36 +17,14 @@ import pytest
 from redis import Redis
 from sqlalchemy import Engine, func, select
 
-from schemas.catalog import CatalogFile
 from tests.e2e.conftest import Stack
 from tests.e2e.support import STREAM
 from tests.processes import LEADSCOUT, running, wait_until
 from tests.world import World
-from worker.store import catalog
 from worker.store.tables import batches, commands, conversations
 
 LAUNCH_TIMEOUT_S = 240
 TIMINGS = ("elapsedS", "itemsPerS")
-
-
-def import_contacts(world: World, n: int, *, opted_out: bool = False) -> list[UUID]:
-    """``n`` contacts through the real catalog import, in one transaction."""
-    ids = [uuid4() for _ in range(n)]
-    rows = [
-        {
-            "id": str(i),
-            "name": "Luis",
-            "phone": "+5215598765432",
-            "email": None,
-            "optedOut": opted_out,
-        }
-        for i in ids
-    ]
-    with world.engine.begin() as conn:
-        catalog.import_file(
-            conn, world.workspace_id, CatalogFile.model_validate({"contacts": rows})
-        )
-    return ids
 
 
 def write_csv(path: Path, contact_ids: list[Any]) -> Path:
@@ -113,8 +91,8 @@ class TestLaunch:
         self, stack: Stack, campaign_world: tuple[World, UUID], tmp_path: Path
     ):
         world, template = campaign_world
-        known = import_contacts(world, 1200)
-        opted_out = import_contacts(world, 2, opted_out=True)
+        known = world.contacts(1200)
+        opted_out = world.contacts(2, opted_out=2)
         rows = [*known[:600], "not-a-uuid", *opted_out, uuid4(), uuid4(), "", *known[600:], uuid4()]
         csv = write_csv(tmp_path / "contacts.csv", rows)
 
@@ -155,7 +133,7 @@ class TestLaunch:
         self, stack: Stack, campaign_world: tuple[World, UUID], tmp_path: Path
     ):
         world, template = campaign_world
-        csv = write_csv(tmp_path / "spring leads.csv", import_contacts(world, 3))
+        csv = write_csv(tmp_path / "spring leads.csv", world.contacts(3))
         campaign = f"spring-leads-{hashlib.sha256(csv.read_bytes()).hexdigest()[:16]}"
 
         first = launch(stack, world, template, csv)
@@ -193,7 +171,7 @@ class TestInterruptedLaunch:
         tmp_path: Path,
     ):
         world, template = campaign_world
-        contacts = import_contacts(world, 3000)
+        contacts = world.contacts(3000)
         csv = write_csv(tmp_path / "contacts.csv", contacts)
         options = ("--campaign", "killed", "--batch-size", "50")
         args, chunks = launch_args(world, template, csv, *options), 60

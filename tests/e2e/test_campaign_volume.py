@@ -14,10 +14,8 @@ import pytest
 from redis import Redis
 from sqlalchemy import Engine, func, select
 
-from schemas.catalog import CatalogFile
 from tests.e2e.support import STREAM, Api
 from tests.world import World
-from worker.store import catalog
 from worker.store.tables import commands, conversations
 
 LEADS = 5_000
@@ -26,24 +24,6 @@ OPTED_OUT, UNKNOWN, DUPLICATES, INVALID = 200, 100, 100, 50
 # leads plus 100 repeated ones ask for 4,700, so exactly 200 are refused for quota.
 LIMITS = (1_500, 1_500, 1_500)
 WAIT_S = 180
-
-
-def import_contacts(world: World, n: int, opted_out: int) -> list[UUID]:
-    rows = [
-        {
-            "id": str(uuid4()),
-            "name": f"Lead {i}",
-            "phone": f"+52155{i:08d}",
-            "email": None,
-            "optedOut": i < opted_out,
-        }
-        for i in range(n)
-    ]
-    with world.engine.begin() as conn:
-        catalog.import_file(
-            conn, world.workspace_id, CatalogFile.model_validate({"contacts": rows})
-        )
-    return [UUID(row["id"]) for row in rows]
 
 
 def campaign_items(contacts: list[UUID]) -> list[dict[str, Any]]:
@@ -79,7 +59,7 @@ class TestFiveThousandLeadCampaign:
         agent = world.agent()
         template = world.template(body="Hola {{1}}")
         channels = [world.channel(agent, dailyLimit=limit) for limit in LIMITS]
-        contacts = import_contacts(world, LEADS - UNKNOWN - DUPLICATES, OPTED_OUT)
+        contacts = world.contacts(LEADS - UNKNOWN - DUPLICATES, OPTED_OUT)
         items = campaign_items(contacts)
         assert len(items) == LEADS + INVALID
         campaign = "volume-test"

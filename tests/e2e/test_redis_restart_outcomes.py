@@ -9,8 +9,6 @@ deaf, and every sync initiation would wait out LEADSCOUT_SYNC_WAIT_S before its 
 
 from __future__ import annotations
 
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +18,8 @@ import pytest
 
 from tests.e2e.conftest import START_TIMEOUT_S, free_port
 from tests.e2e.support import Api, Catalog
-from tests.e2e.test_readiness import ResettingProxy
 from tests.processes import running, service_env, wait_until
-from tests.restartable_redis import RedisServer
+from tests.restartable_redis import RedisServer, ResettingProxy, proxy_to, redis_in_tmp
 from tests.world import World, body
 
 SYNC_WAIT_S = 10.0
@@ -34,21 +31,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
-    with tempfile.TemporaryDirectory(prefix="lsrr", dir="/tmp") as tmp:
-        server = RedisServer(Path(tmp))
-        server.start()
+    with redis_in_tmp("lsrr") as server:
         yield server
-        server.stop()
 
 
 @pytest.fixture
 def proxy(own_redis: RedisServer) -> Iterator[ResettingProxy]:
-    with ResettingProxy(own_redis.socket) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
+    with proxy_to(own_redis.socket) as server:
         yield server
-        server.shutdown()
-        thread.join()
 
 
 @pytest.fixture

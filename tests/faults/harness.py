@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import httpx
 from redis import Redis
@@ -38,10 +38,8 @@ from redis.exceptions import RedisError
 from sqlalchemy import Engine, func, select
 
 from core.embedded import start_postgres
-from schemas.catalog import CatalogFile
 from tests.processes import LEADSCOUT, service_env, wait_until
 from tests.world import World
-from worker.store import catalog
 from worker.store.tables import commands
 
 START_TIMEOUT_S = 90
@@ -341,21 +339,7 @@ def volume_workspace(
         world.channel(agent, dailyLimit=limit, priority=i) for i, limit in enumerate(limits)
     ]
     template = world.template(body="Hola {{1}}")
-    rows = [
-        {
-            "id": str(uuid4()),
-            "name": f"Lead {i}",
-            "phone": f"+52155{i:08d}",
-            "email": None,
-            "optedOut": i < opted_out,
-        }
-        for i in range(contacts)
-    ]
-    with world.engine.begin() as conn:
-        catalog.import_file(
-            conn, world.workspace_id, CatalogFile.model_validate({"contacts": rows})
-        )
-    return VolumeWorkspace(world, template, channels, [UUID(row["id"]) for row in rows])
+    return VolumeWorkspace(world, template, channels, world.contacts(contacts, opted_out))
 
 
 def request_body(ws: VolumeWorkspace, contact: UUID, campaign: str, **extra: Any) -> dict[str, Any]:

@@ -8,11 +8,8 @@ only waits for messages never sends, so without its heartbeat it would wait fore
 from __future__ import annotations
 
 import asyncio
-import tempfile
-import threading
 import time
 from collections.abc import Collection, Iterator
-from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -22,8 +19,7 @@ from sqlalchemy import Engine
 
 from api_shim.outcomes import OutcomeListener, outcomes_in
 from api_shim.subscription import Subscription
-from tests.e2e.test_readiness import ResettingProxy
-from tests.restartable_redis import RedisServer
+from tests.restartable_redis import RedisServer, ResettingProxy, proxy_to, redis_in_tmp
 from tests.world import World
 
 CHANNEL = "test:subscription"
@@ -32,21 +28,14 @@ RECOVERY_LIMIT_S = 6.0
 
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
-    with tempfile.TemporaryDirectory(prefix="lssub", dir="/tmp") as tmp:
-        server = RedisServer(Path(tmp))
-        server.start()
+    with redis_in_tmp("lssub") as server:
         yield server
-        server.stop()
 
 
 @pytest.fixture
 def proxy(own_redis: RedisServer) -> Iterator[ResettingProxy]:
-    with ResettingProxy(own_redis.socket) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
+    with proxy_to(own_redis.socket) as server:
         yield server
-        server.shutdown()
-        thread.join()
 
 
 class Heard:
