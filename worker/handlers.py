@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from itertools import groupby
 from typing import Any
 from uuid import UUID
@@ -52,6 +53,11 @@ logger = structlog.get_logger(__name__)
 # Rounds a command may lose (stale fence, a conversation opened or closed under us, a
 # choice that moved); after that the task is retried as an infrastructure failure.
 MAX_ATTEMPTS = 8
+
+# A single command still queued after this long means the workers are behind: the next
+# single task takes up to BACKLOG_LIMIT such commands of its workspace into its chunk.
+BACKLOG_AFTER = timedelta(milliseconds=20)
+BACKLOG_LIMIT = 32
 
 
 class SelectionContention(Exception):
@@ -89,6 +95,15 @@ def initiate_outbound(command: InitiateOutbound, deps: Deps) -> Outcome:
     return initiate_chunk([command], deps)[0]
 
 
+def initiate_single(command: InitiateOutbound, deps: Deps) -> list[Outcome]:
+    """A single initiation, with the workspace's single commands that have waited in the
+    queue longer than ``BACKLOG_AFTER`` (up to ``BACKLOG_LIMIT``): a worker that fell behind
+    works its backlog off in chunks. The command's own outcome comes first."""
+    outcomes = _initiate([command], deps, backlog=BACKLOG_LIMIT)
+    own = outcomes.pop(command.command_id)
+    return [own, *outcomes.values()]
+
+
 def initiate_chunk(chunk: Sequence[InitiateOutbound], deps: Deps) -> list[Outcome]:
     """SPEC 4.1 for every command; the outcomes come back in the chunk's order."""
     outcomes: dict[UUID, Outcome] = {}
@@ -103,13 +118,20 @@ def _by_workspace(chunk: Sequence[InitiateOutbound]) -> Iterator[list[InitiateOu
         yield list(group)
 
 
-def _initiate(chunk: list[InitiateOutbound], deps: Deps) -> dict[UUID, Outcome]:
+def _initiate(chunk: list[InitiateOutbound], deps: Deps, backlog: int = 0) -> dict[UUID, Outcome]:
+    workspace_id = chunk[0].workspace_id
     with deps.engine.begin() as conn:
         outcomes = commands.mark_processing(conn, [c.command_id for c in chunk])
         if outcomes:
             logger.info("initiation.duplicate_delivery", commands=len(outcomes))
         todo = [command for command in chunk if command.command_id not in outcomes]
-        catalog = catalog_store.load(conn, chunk[0].workspace_id, [c.request for c in todo])
+        if backlog:
+            taken = commands.take_backlog(conn, workspace_id, BACKLOG_AFTER, backlog)
+            metrics.BACKLOG_TAKEN.inc(len(taken))
+            todo += taken
+        if not todo:
+            return outcomes
+        catalog = catalog_store.load(conn, workspace_id, [c.request for c in todo])
     pending: list[Pending] = []
     rejected: list[tuple[InitiateOutbound, Rejection]] = []
     for position, command in enumerate(todo):

@@ -51,3 +51,7 @@ COMMANDS_SWEPT = Counter(
     "leadscout_commands_swept_total",
     "Unfinished commands the sweeper published again after LEADSCOUT_SWEEP_AFTER_S untouched.",
 )
+BACKLOG_TAKEN = Counter(
+    "leadscout_commands_taken_from_backlog_total",
+    "Single commands a worker took into its chunk because they waited in the queue too long.",
+)

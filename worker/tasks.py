@@ -45,21 +45,22 @@ def initiate_outbound(command: dict[str, Any]) -> None:
     ):
         deps = handler_deps()
         try:
-            outcome = handlers.initiate_outbound(parsed, deps)
+            outcomes = handlers.initiate_single(parsed, deps)
         except UnknownCommand:
             logger.error("initiation.unknown_command")
             return
-        announce(outcome)
-        _send_events_now(deps.engine, outcome.event_ids)
+        announce(outcomes)
+        _send_events_now(deps.engine, [i for outcome in outcomes for i in outcome.event_ids])
 
 
-def announce(outcome: Outcome) -> None:
+def announce(outcomes: Sequence[Outcome]) -> None:
     """Tells waiting API processes (SPEC 4.2 sync mode); losing this only costs them a 202."""
-    message = {"status": outcome.status, "result": outcome.result, "error": outcome.error}
+    pipe = redis_client().pipeline(transaction=False)
+    for outcome in outcomes:
+        message = {"status": outcome.status, "result": outcome.result, "error": outcome.error}
+        pipe.publish(OUTCOME_CHANNEL_PREFIX + str(outcome.command_id), json.dumps(message))
     try:
-        redis_client().publish(
-            OUTCOME_CHANNEL_PREFIX + str(outcome.command_id), json.dumps(message)
-        )
+        pipe.execute()
     except RedisError:
         logger.warning("initiation.announce_failed")
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 from uuid import UUID
 
@@ -107,6 +107,35 @@ def mark_processing(conn: Connection, command_ids: Collection[UUID]) -> dict[UUI
         .returning(commands.c.id, commands.c.status, commands.c.result, commands.c.error)
     ).all()
     return _outcomes(command_ids, rows)
+
+
+def take_backlog(
+    conn: Connection, workspace_id: UUID, waited: timedelta, limit: int
+) -> list[InitiateOutbound]:
+    """Moves to processing, and returns, up to ``limit`` of the workspace's single commands
+    that have waited in the queue longer than ``waited`` (oldest first, none another worker
+    holds). A worker that is behind works its backlog off in chunks this way; their own
+    tasks come later and find them finished, or in processing, which the claim serializes.
+    """
+    waiting = (
+        select(commands.c.id)
+        .where(
+            commands.c.workspace_id == workspace_id,
+            commands.c.status == "accepted",
+            commands.c.batch_id.is_(None),
+            commands.c.created_at < func.now() - waited,
+        )
+        .order_by(commands.c.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = conn.execute(
+        update(commands)
+        .where(commands.c.id.in_(waiting))
+        .values(status="processing", updated_at=func.now())
+        .returning(commands.c.payload)
+    ).scalars()
+    return [InitiateOutbound.model_validate(payload) for payload in rows]
 
 
 def claim(conn: Connection, command_ids: Collection[UUID]) -> dict[UUID, Outcome]:

@@ -288,6 +288,13 @@ commands = Table(
         postgresql_where=text("status IN ('accepted', 'processing')"),
     ),
     Index("ix_commands_batch_id_status", "batch_id", "status"),
+    # The single initiations still queued, for a worker that is behind (commands.take_backlog).
+    Index(
+        "ix_commands_waiting_singles",
+        "workspace_id",
+        "created_at",
+        postgresql_where=text("status = 'accepted' AND batch_id IS NULL"),
+    ),
 )
 
 # A fencing token per channel: whoever takes the channel lock bumps it, and a
