@@ -22,6 +22,7 @@ from schemas.errors import ErrorCode
 from worker import tasks
 from worker.store import commands
 from worker.store.commands import FINISHED, StoredCommand, request_hash
+from worker.store.db import autocommit
 
 logger = structlog.get_logger(__name__)
 
@@ -68,39 +69,58 @@ class Intake:
             command_id=str(command.command_id), workspace_id=str(workspace_id)
         )
         body_hash = request_hash(raw_body)
-        existing = await run_in_threadpool(self._record, command, idempotency_key, body_hash)
-        if existing is not None and existing.request_hash != body_hash:
+        # Registered before the command is published, so its outcome cannot slip past.
+        outcome = self.listener.expect(command.command_id) if wait else None
+        try:
+            existing = await run_in_threadpool(self._accept, command, idempotency_key, body_hash)
+            if existing is None:
+                if outcome is None:
+                    return Status(command.command_id, "accepted")
+                return await self._await(command.command_id, outcome)
+        finally:
+            if outcome is not None:
+                self.listener.forget(command.command_id, outcome)
+        return await self._replay(existing, body_hash, wait)
+
+    async def _replay(self, existing: StoredCommand, body_hash: str, wait: bool) -> Status:
+        """The answer for an Idempotency-Key met again: the command it names, as it stands."""
+        if existing.request_hash != body_hash:
             raise ApiProblem(
                 ErrorCode.IDEMPOTENCY_KEY_REUSED,
                 "This Idempotency-Key was used with another body.",
                 commandId=str(existing.id),
             )
-        if existing is not None and (existing.finished or not wait):
+        if existing.finished or not wait:
             return _status(existing)
-        command_id = existing.id if existing is not None else command.command_id
-        outcome = self.listener.expect(command_id) if wait else None
+        outcome = self.listener.expect(existing.id)
         try:
-            if existing is None:
-                await self._publish(command)
-            elif (now := await self.current(command_id)).finished:
+            if (now := await self.current(existing.id)).finished:
                 return now  # finished between our read and our subscription
-            if outcome is None:
-                return Status(command_id, "accepted")
-            return await self._await(command_id, outcome)
+            return await self._await(existing.id, outcome)
         finally:
-            if outcome is not None:
-                self.listener.forget(command_id, outcome)
+            self.listener.forget(existing.id, outcome)
+
+    def _accept(
+        self, command: InitiateOutbound, key: str | None, body_hash: str
+    ) -> StoredCommand | None:
+        """Records and publishes a new command; returns instead the command an
+        Idempotency-Key already names (nothing recorded, nothing published)."""
+        existing = self._record(command, key, body_hash)
+        if existing is None:
+            self._publish(command)
+        return existing
 
     def _record(
         self, command: InitiateOutbound, key: str | None, body_hash: str
     ) -> StoredCommand | None:
-        with self.engine.begin() as conn:
-            if key is None:
+        if key is None:
+            with autocommit(self.engine) as conn:
                 commands.record(conn, command, body_hash=body_hash)
-                return None
+            return None
+        with self.engine.begin() as conn:
             return commands.record_idempotent(conn, command, key, body_hash)
 
-    async def _publish(self, command: InitiateOutbound) -> None:
+    def _publish(self, command: InitiateOutbound) -> None:
         """Publishes the recorded command; with the broker down, takes the record back (503).
 
         Any other failure is a bug: it propagates (500) and the row stays. The message may
@@ -108,10 +128,10 @@ class Intake:
         ``accepted`` can be found and replayed, a deleted one leaves no trace.
         """
         try:
-            await run_in_threadpool(tasks.publish, command)
+            tasks.publish(command)
         except BROKER_UNAVAILABLE as exc:
             logger.warning("intake.publish_failed", error=type(exc).__name__)
-            await run_in_threadpool(self._discard, command.command_id)
+            self._discard(command.command_id)
             raise ApiProblem(
                 ErrorCode.SERVICE_UNAVAILABLE,
                 "The broker is unreachable; nothing was accepted. Retry later.",

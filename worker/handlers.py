@@ -46,6 +46,7 @@ from worker.store import catalog as catalog_store
 from worker.store import commands, fences, outbox
 from worker.store import conversations as conversation_store
 from worker.store.commands import Outcome
+from worker.store.db import autocommit
 from worker.views import initiation_result
 
 logger = structlog.get_logger(__name__)
@@ -120,7 +121,8 @@ def _by_workspace(chunk: Sequence[InitiateOutbound]) -> Iterator[list[InitiateOu
 
 def _initiate(chunk: list[InitiateOutbound], deps: Deps, backlog: int = 0) -> dict[UUID, Outcome]:
     workspace_id = chunk[0].workspace_id
-    with deps.engine.begin() as conn:
+    # Each statement stands alone: the claim under the channel locks settles any race.
+    with autocommit(deps.engine) as conn:
         outcomes = commands.mark_processing(conn, [c.command_id for c in chunk])
         if outcomes:
             logger.info("initiation.duplicate_delivery", commands=len(outcomes))

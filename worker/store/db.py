@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import make_url
 
 _engines: dict[tuple[int, str, bool], Engine] = {}
@@ -36,3 +38,11 @@ def get_engine(url: str, *, pre_ping: bool = True) -> Engine:
     if key not in _engines:
         _engines[key] = make_engine(url, pre_ping=pre_ping)
     return _engines[key]
+
+
+@contextmanager
+def autocommit(engine: Engine) -> Iterator[Connection]:
+    """A connection on which every statement commits on its own: for work that needs no
+    transaction around its statements, it saves the BEGIN and COMMIT round trips."""
+    with engine.connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")

@@ -8,6 +8,7 @@ from uuid import UUID
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.dialects.postgresql import insert
 
+from worker.store.db import autocommit
 from worker.store.tables import channel_fences
 
 
@@ -16,7 +17,7 @@ class StaleFence(Exception):
 
 
 def issue(engine: Engine, channel_ids: Sequence[UUID]) -> dict[UUID, int]:
-    """Bumps and returns the channels' tokens, in one committed transaction."""
+    """Bumps and returns the channels' tokens, in one statement that commits at once."""
     new = insert(channel_fences).values(
         [{"channel_id": channel_id, "token": 1} for channel_id in sorted(channel_ids)]
     )
@@ -24,7 +25,7 @@ def issue(engine: Engine, channel_ids: Sequence[UUID]) -> dict[UUID, int]:
         index_elements=[channel_fences.c.channel_id],
         set_={"token": channel_fences.c.token + 1},
     ).returning(channel_fences.c.channel_id, channel_fences.c.token)
-    with engine.begin() as conn:
+    with autocommit(engine) as conn:
         return {channel_id: int(token) for channel_id, token in conn.execute(stmt)}
 
 
