@@ -57,7 +57,7 @@ MAX_ATTEMPTS = 8
 
 # A single command still queued after this long means the workers are behind: the next
 # single task takes up to BACKLOG_LIMIT such commands of its workspace into its chunk.
-BACKLOG_AFTER = timedelta(milliseconds=20)
+BACKLOG_AFTER = timedelta(milliseconds=5)
 BACKLOG_LIMIT = 32
 
 

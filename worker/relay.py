@@ -52,7 +52,7 @@ MEMORY_CHECK_S = 1.0
 
 def relay_batch(engine: Engine, redis: Redis, stream: str, limit: int = 500) -> int:
     """Sends the oldest unpublished rows no other relay holds; returns how many."""
-    sent = _send(engine, redis, stream, _unpublished().limit(limit), path="sweep")
+    sent = _send(engine, redis, stream, _OLDEST, {"at_most": limit}, path="sweep")
     if sent:
         logger.info("relay.batch_sent", count=sent)
     return sent
@@ -63,8 +63,7 @@ def publish_now(engine: Engine, redis: Redis, stream: str, event_ids: Iterable[U
     wanted = list(event_ids)
     if not wanted:
         return 0
-    named = bulk.any_of(outbox.c.event_id, wanted)
-    return _send(engine, redis, stream, _unpublished().where(named), path="direct")
+    return _send(engine, redis, stream, _NAMED, {"event_ids": wanted}, path="direct")
 
 
 def replay_after_data_loss(
@@ -97,14 +96,29 @@ def _unpublished() -> Select[Any]:
     )
 
 
-def _send(engine: Engine, redis: Redis, stream: str, claim: Select[Any], path: str) -> int:
+_OLDEST = _unpublished().limit(bindparam("at_most"))
+_NAMED = _unpublished().where(outbox.c.event_id == any_(bulk.id_array("event_ids")))
+_MARK_PUBLISHED = (
+    update(outbox)
+    .where(outbox.c.id == any_(bindparam("row_ids", type_=ARRAY(BigInteger))))
+    .values(published_at=func.now())
+)
+
+
+def _send(
+    engine: Engine,
+    redis: Redis,
+    stream: str,
+    claim: Select[Any],
+    params: dict[str, Any],
+    path: str,
+) -> int:
     with engine.begin() as conn:
-        rows = conn.execute(claim).all()
+        rows = conn.execute(claim, params).all()
         if not rows:
             return 0
         _xadd(redis, stream, [row.payload for row in rows])
-        ids = bindparam("ids", [row.id for row in rows], ARRAY(BigInteger))
-        conn.execute(update(outbox).where(outbox.c.id == any_(ids)).values(published_at=func.now()))
+        conn.execute(_MARK_PUBLISHED, {"row_ids": [row.id for row in rows]})
     _observe(rows, path)
     return len(rows)
 

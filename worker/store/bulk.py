@@ -9,7 +9,7 @@ from uuid import UUID
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import Column, ColumnElement, Connection, Table, any_, bindparam
+from sqlalchemy import BindParameter, Column, ColumnElement, Connection, Table, any_, bindparam
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.exc import DBAPIError
@@ -20,6 +20,12 @@ def any_of(column: Column[Any], ids: Iterable[UUID]) -> ColumnElement[bool]:
     would bind (and make psycopg parse) one parameter per id."""
     values = bindparam(f"{column.key}_any", list(ids), ARRAY(PgUUID(as_uuid=True)))
     return column == any_(values)
+
+
+def id_array(name: str) -> BindParameter[Any]:
+    """An array-of-uuid parameter bound at execution, for statements built once at import:
+    building a statement costs the client more than executing it."""
+    return bindparam(name, type_=ARRAY(PgUUID(as_uuid=True)))
 
 
 def copy_rows(

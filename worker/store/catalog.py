@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Table,
+    any_,
     bindparam,
     cast,
     column,
@@ -69,13 +70,16 @@ def load(
     )
 
 
+_CHANNELS_AND_AGENTS = (
+    select(channels, agents.c.kind.label("agent_kind"), agents.c.active.label("agent_active"))
+    .outerjoin(agents, channels.c.agent_id == agents.c.id)
+    .where(channels.c.workspace_id == bindparam("of_workspace"))
+)
+
+
 def _channels_and_agents(conn: Connection, workspace_id: UUID) -> dict[str, Any]:
     """Every channel of the workspace with the agent it names, in one statement."""
-    rows = conn.execute(
-        select(channels, agents.c.kind.label("agent_kind"), agents.c.active.label("agent_active"))
-        .outerjoin(agents, channels.c.agent_id == agents.c.id)
-        .where(channels.c.workspace_id == workspace_id)
-    ).all()
+    rows = conn.execute(_CHANNELS_AND_AGENTS, {"of_workspace": workspace_id}).all()
     return {
         "channels": {
             row.id: Channel(
@@ -98,14 +102,20 @@ def _channels_and_agents(conn: Connection, workspace_id: UUID) -> dict[str, Any]
     }
 
 
-def _rows(conn: Connection, table: Table, workspace_id: UUID, ids: set[UUID] | None = None) -> Any:
-    if ids is not None and not ids:
+_BY_IDS = {
+    table.name: select(table).where(
+        table.c.workspace_id == bindparam("of_workspace"),
+        table.c.id == any_(bulk.id_array("ids")),
+    )
+    for table in (templates, contacts, brands, users)
+}
+
+
+def _rows(conn: Connection, table: Table, workspace_id: UUID, ids: set[UUID]) -> Any:
+    """The workspace's rows of ``table`` with these ids (a chunk names hundreds)."""
+    if not ids:
         return []
-    query = select(table).where(table.c.workspace_id == workspace_id)
-    if ids is not None:
-        # A chunk names hundreds of contacts.
-        query = query.where(bulk.any_of(table.c.id, ids))
-    return conn.execute(query)
+    return conn.execute(_BY_IDS[table.name], {"of_workspace": workspace_id, "ids": list(ids)})
 
 
 class CatalogImportError(Exception):

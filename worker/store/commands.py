@@ -14,7 +14,9 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     DateTime,
+    Interval,
     and_,
+    any_,
     bindparam,
     case,
     delete,
@@ -92,21 +94,44 @@ def _row(
     }
 
 
+_MARK_PROCESSING = (
+    update(commands)
+    .where(commands.c.id == any_(bulk.id_array("ids")))
+    .values(
+        status=case((commands.c.status == "accepted", "processing"), else_=commands.c.status),
+        updated_at=func.now(),
+    )
+    .returning(commands.c.id, commands.c.status, commands.c.result, commands.c.error)
+)
+
+
 def mark_processing(conn: Connection, command_ids: Collection[UUID]) -> dict[UUID, Outcome]:
     """Moves accepted commands to processing; returns the outcomes of those already finished.
 
     One statement: a finished row is rewritten unchanged, which only a redelivery meets.
     """
-    rows = conn.execute(
-        update(commands)
-        .where(bulk.any_of(commands.c.id, command_ids))
-        .values(
-            status=case((commands.c.status == "accepted", "processing"), else_=commands.c.status),
-            updated_at=func.now(),
-        )
-        .returning(commands.c.id, commands.c.status, commands.c.result, commands.c.error)
-    ).all()
+    rows = conn.execute(_MARK_PROCESSING, {"ids": list(command_ids)}).all()
     return _outcomes(command_ids, rows)
+
+
+_WAITING = (
+    select(commands.c.id)
+    .where(
+        commands.c.workspace_id == bindparam("of_workspace"),
+        commands.c.status == "accepted",
+        commands.c.batch_id.is_(None),
+        commands.c.created_at < func.now() - bindparam("waited", type_=Interval),
+    )
+    .order_by(commands.c.created_at)
+    .limit(bindparam("at_most"))
+    .with_for_update(skip_locked=True)
+)
+_TAKE_WAITING = (
+    update(commands)
+    .where(commands.c.id.in_(_WAITING))
+    .values(status="processing", updated_at=func.now())
+    .returning(commands.c.payload, commands.c.created_at)
+)
 
 
 def take_backlog(
@@ -117,25 +142,20 @@ def take_backlog(
     holds). A worker that is behind works its backlog off in chunks this way; their own
     tasks come later and find them finished, or in processing, which the claim serializes.
     """
-    waiting = (
-        select(commands.c.id)
-        .where(
-            commands.c.workspace_id == workspace_id,
-            commands.c.status == "accepted",
-            commands.c.batch_id.is_(None),
-            commands.c.created_at < func.now() - waited,
-        )
-        .order_by(commands.c.created_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
     rows = conn.execute(
-        update(commands)
-        .where(commands.c.id.in_(waiting))
-        .values(status="processing", updated_at=func.now())
-        .returning(commands.c.payload)
-    ).scalars()
-    return [InitiateOutbound.model_validate(payload) for payload in rows]
+        _TAKE_WAITING, {"of_workspace": workspace_id, "waited": waited, "at_most": limit}
+    ).all()
+    # RETURNING follows no ORDER BY: the oldest goes first again here.
+    ordered = sorted(rows, key=lambda row: row.created_at)
+    return [InitiateOutbound.model_validate(row.payload) for row in ordered]
+
+
+_CLAIM = (
+    select(commands.c.id, commands.c.status, commands.c.result, commands.c.error)
+    .where(commands.c.id == any_(bulk.id_array("ids")))
+    .order_by(commands.c.id)
+    .with_for_update()
+)
 
 
 def claim(conn: Connection, command_ids: Collection[UUID]) -> dict[UUID, Outcome]:
@@ -144,12 +164,7 @@ def claim(conn: Connection, command_ids: Collection[UUID]) -> dict[UUID, Outcome
     Two deliveries of one command serialize here, so the second sees the first's outcome.
     Rows are locked in id order, so two overlapping chunks cannot deadlock.
     """
-    rows = conn.execute(
-        select(commands.c.id, commands.c.status, commands.c.result, commands.c.error)
-        .where(bulk.any_of(commands.c.id, command_ids))
-        .order_by(commands.c.id)
-        .with_for_update()
-    ).all()
+    rows = conn.execute(_CLAIM, {"ids": list(command_ids)}).all()
     return _outcomes(command_ids, rows)
 
 
@@ -183,17 +198,17 @@ def finish(conn: Connection, outcomes: Collection[Outcome]) -> None:
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    conn.execute(
-        text(
-            "UPDATE commands SET status = outcome.status, result = outcome.result,"
-            " error = outcome.error, error_code = outcome.code,"
-            " updated_at = now(), completed_at = now()"
-            " FROM jsonb_to_recordset(CAST(:outcomes AS jsonb))"
-            " AS outcome(id uuid, status text, result jsonb, error jsonb, code text)"
-            " WHERE commands.id = outcome.id"
-        ),
-        {"outcomes": document},
-    )
+    conn.execute(_FINISH, {"outcomes": document})
+
+
+_FINISH = text(
+    "UPDATE commands SET status = outcome.status, result = outcome.result,"
+    " error = outcome.error, error_code = outcome.code,"
+    " updated_at = now(), completed_at = now()"
+    " FROM jsonb_to_recordset(CAST(:outcomes AS jsonb))"
+    " AS outcome(id uuid, status text, result jsonb, error jsonb, code text)"
+    " WHERE commands.id = outcome.id"
+)
 
 
 class UnknownCommand(LookupError):

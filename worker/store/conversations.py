@@ -7,7 +7,7 @@ from collections.abc import Collection
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import Connection, RowMapping, bindparam, func, select, text, update
+from sqlalchemy import Connection, RowMapping, any_, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from worker.model import Conversation
@@ -29,17 +29,22 @@ _CONVERSATION_FIELDS = (
 )
 
 
+_OF_CONTACTS = (
+    select(*_CONVERSATION_FIELDS)
+    .where(
+        conversations.c.workspace_id == bindparam("of_workspace"),
+        conversations.c.contact_id == any_(bulk.id_array("contact_ids")),
+    )
+    .order_by(conversations.c.seq)
+)
+
+
 def contact_conversations(
     conn: Connection, workspace_id: UUID, contact_ids: Collection[UUID]
 ) -> dict[UUID, tuple[Conversation, ...]]:
     """Every conversation of these contacts, grouped by contact, in creation order."""
     rows = conn.execute(
-        select(*_CONVERSATION_FIELDS)
-        .where(
-            conversations.c.workspace_id == workspace_id,
-            bulk.any_of(conversations.c.contact_id, contact_ids),
-        )
-        .order_by(conversations.c.seq)
+        _OF_CONTACTS, {"of_workspace": workspace_id, "contact_ids": list(contact_ids)}
     ).all()
     grouped: dict[UUID, list[Conversation]] = defaultdict(list)
     for row in rows:
@@ -53,16 +58,19 @@ def contact_conversations(
 _WINDOW_START = func.date_trunc("hour", func.now() - text("interval '24 hours'"))
 
 
+_OPENED = (
+    select(channel_openings.c.channel_id, func.sum(channel_openings.c.n))
+    .where(
+        channel_openings.c.channel_id == any_(bulk.id_array("channel_ids")),
+        channel_openings.c.hour >= _WINDOW_START,
+    )
+    .group_by(channel_openings.c.channel_id)
+)
+
+
 def opened_last_24h(conn: Connection, channel_ids: Collection[UUID]) -> dict[UUID, int]:
     """Fresh conversations per channel in the window: at most 25 counter rows per channel."""
-    rows = conn.execute(
-        select(channel_openings.c.channel_id, func.sum(channel_openings.c.n))
-        .where(
-            bulk.any_of(channel_openings.c.channel_id, channel_ids),
-            channel_openings.c.hour >= _WINDOW_START,
-        )
-        .group_by(channel_openings.c.channel_id)
-    ).all()
+    rows = conn.execute(_OPENED, {"channel_ids": list(channel_ids)}).all()
     return {channel_id: int(total) for channel_id, total in rows}
 
 
@@ -86,6 +94,9 @@ def count_openings(conn: Connection, opened: Counter[UUID]) -> None:
         )
 
 
+_NOW = select(func.now())
+
+
 def insert_conversations(conn: Connection, values: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fresh conversations in one COPY; returns them as rows (without ``seq``), in order.
 
@@ -94,7 +105,7 @@ def insert_conversations(conn: Connection, values: list[dict[str, Any]]) -> list
     """
     if not values:
         return []
-    now = conn.execute(select(func.now())).scalar_one()
+    now = conn.execute(_NOW).scalar_one()
     rows = [{"id": uuid4(), **row, "created_at": now, "updated_at": now} for row in values]
     columns = list(rows[0])
     bulk.copy_rows(conn, conversations, columns, ([row[c] for c in columns] for row in rows))

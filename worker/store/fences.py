@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, any_, select
 from sqlalchemy.dialects.postgresql import insert
 
+from worker.store import bulk
 from worker.store.db import autocommit
 from worker.store.tables import channel_fences
 
@@ -29,16 +30,17 @@ def issue(engine: Engine, channel_ids: Sequence[UUID]) -> dict[UUID, int]:
         return {channel_id: int(token) for channel_id, token in conn.execute(stmt)}
 
 
+_CURRENT = (
+    select(channel_fences.c.channel_id, channel_fences.c.token)
+    .where(channel_fences.c.channel_id == any_(bulk.id_array("channel_ids")))
+    .order_by(channel_fences.c.channel_id)
+    .with_for_update()
+)
+
+
 def check(conn: Connection, tokens: dict[UUID, int]) -> None:
     """Holds the channels' fence rows until commit; raises if any has a newer token."""
-    current = dict(
-        conn.execute(
-            select(channel_fences.c.channel_id, channel_fences.c.token)
-            .where(channel_fences.c.channel_id.in_(tokens))
-            .order_by(channel_fences.c.channel_id)
-            .with_for_update()
-        ).all()
-    )
+    current = dict(conn.execute(_CURRENT, {"channel_ids": list(tokens)}).all())
     for channel_id, token in tokens.items():
         if current[channel_id] != token:
             raise StaleFence(
