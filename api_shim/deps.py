@@ -21,17 +21,19 @@ API_KEY = APIKeyHeader(
 )
 
 
-def _workspace_id(request: Request, _key: Annotated[str | None, Security(API_KEY)]) -> UUID:
+# Dependencies are ``async def`` although they never await: FastAPI runs a plain ``def``
+# dependency in the threadpool, a thread hop per request for a dictionary lookup.
+async def _workspace_id(request: Request, _key: Annotated[str | None, Security(API_KEY)]) -> UUID:
     workspace_id: UUID = request.scope["state"]["workspace_id"]
     return workspace_id
 
 
-def _engine(request: Request) -> Engine:
+async def _engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
 
-def _intake(request: Request) -> Intake:
+async def _intake(request: Request) -> Intake:
     intake: Intake = request.app.state.intake
     return intake
 
