@@ -281,13 +281,14 @@ class TestStatementsOfOneInitiation:
         monkeypatch.setattr(bulk, "copy_rows", copied)
         event.listen(engine, "before_cursor_execute", seen)
         try:
-            outcome = handlers.initiate_outbound(command, world.deps)
+            outcomes = handlers.initiate_single(command, world.deps)
         finally:
             event.remove(engine, "before_cursor_execute", seen)
 
-        assert outcome.status == "succeeded"
+        assert [outcome.status for outcome in outcomes] == ["succeeded"]
         assert statements == [
             "UPDATE commands",  # processing
+            "UPDATE commands",  # the queue's backlog to take along: none
             "SELECT templates",
             "SELECT contacts",
             "SELECT channels",  # with their agents
