@@ -1,4 +1,5 @@
-"""index the single commands still waiting in the queue, per workspace, oldest first
+"""index the single commands still waiting in the queue, per workspace, oldest first;
+workspaces.catalog_version, bumped by every catalog import
 
 Revision ID: 0005
 Revises: 0004
@@ -17,6 +18,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.add_column(
+        "workspaces",
+        sa.Column("catalog_version", sa.BigInteger(), server_default="0", nullable=False),
+    )
     op.create_index(
         "ix_commands_waiting_singles",
         "commands",
@@ -27,3 +32,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_commands_waiting_singles", table_name="commands")
+    op.drop_column("workspaces", "catalog_version")

@@ -266,7 +266,10 @@ class TestStatementsOfOneInitiation:
     def test_a_fresh_conversation(self, engine: Engine, redis: Redis, monkeypatch):
         world = World(engine, redis)
         world.channel(world.agent())
-        command = world.command(**body(world.contact(), world.template()))
+        template = world.template()
+        # The first initiation of the workspace reads its catalog; the process keeps it.
+        world.initiate(**body(world.contact(phone="+5215500000001"), template))
+        command = world.command(**body(world.contact(), template))
         statements: list[str] = []
 
         def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -289,9 +292,7 @@ class TestStatementsOfOneInitiation:
         assert statements == [
             "UPDATE commands",  # processing
             "UPDATE commands",  # the queue's backlog to take along: none
-            "SELECT templates",
-            "SELECT contacts",
-            "SELECT channels",  # with their agents
+            "SELECT workspaces",  # the catalog's version, with the contacts
             "INSERT channel_fences",  # the lock's token
             "SELECT commands",  # claim, under the lock
             "SELECT conversations",  # the contact's

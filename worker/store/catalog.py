@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain, islice
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Table,
+    and_,
     any_,
     bindparam,
     cast,
@@ -28,6 +30,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
@@ -37,37 +40,94 @@ from schemas.api import InitiateOutboundRequest
 from schemas.catalog import CATALOG_KINDS, CatalogFile, CatalogRow
 from worker.model import Agent, Catalog, Channel, Contact, Template, User
 from worker.store import bulk
-from worker.store.tables import agents, brands, channels, contacts, templates, users
+from worker.store.tables import agents, brands, channels, contacts, templates, users, workspaces
+
+# A workspace's catalog but its contacts, kept per process: read again when an import has
+# bumped ``workspaces.catalog_version`` (read with the contacts, in one statement), or after
+# CACHE_TTL_S, since a hand edit in SQL bumps nothing.
+CACHE_TTL_S = 60.0
+CACHE_WORKSPACES = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    version: int
+    read_at: float
+    templates: dict[UUID, Template]
+    brand_ids: frozenset[UUID]
+    channels: dict[UUID, Channel]
+    agents: dict[UUID, Agent]
+    users: dict[UUID, User]
+
+
+_kept: dict[UUID, _Kept] = {}
 
 
 def load(
     conn: Connection, workspace_id: UUID, requests: Iterable[InitiateOutboundRequest]
 ) -> Catalog:
-    """What ``requests`` can refer to; every channel is read, with its agent (they are few)."""
-    requests = list(requests)
-    user_ids = {r.handoff_override.user_id for r in requests if r.handoff_override}
+    """What ``requests`` can refer to: their contacts, read now, and the rest of the
+    workspace's catalog (templates, brands, channels with their agents, users)."""
+    rows = conn.execute(
+        _CONTACTS_AND_VERSION,
+        {"of_workspace": workspace_id, "ids": list({r.contact_id for r in requests})},
+    ).all()
+    kept = _the_rest(conn, workspace_id, rows[0].catalog_version if rows else -1)
     return Catalog(
-        templates={
-            row.id: Template(row.id, row.name, row.language, row.category, row.status, row.body)
-            for row in _rows(
-                conn, templates, workspace_id, {r.template.template_id for r in requests}
-            )
-        },
+        templates=kept.templates,
         contacts={
             row.id: Contact(row.id, row.name, row.phone, row.opted_out)
-            for row in _rows(conn, contacts, workspace_id, {r.contact_id for r in requests})
+            for row in rows
+            if row.id is not None
         },
-        brand_ids=frozenset(
-            row.id
-            for row in _rows(
-                conn, brands, workspace_id, {r.brand_id for r in requests if r.brand_id}
-            )
-        ),
-        **_channels_and_agents(conn, workspace_id),
-        users={
-            row.id: User(row.id, row.active) for row in _rows(conn, users, workspace_id, user_ids)
-        },
+        brand_ids=kept.brand_ids,
+        channels=kept.channels,
+        agents=kept.agents,
+        users=kept.users,
     )
+
+
+# One row per contact found, or one row of NULLs: the version comes back either way.
+_CONTACTS_AND_VERSION = (
+    select(
+        workspaces.c.catalog_version,
+        contacts.c.id,
+        contacts.c.name,
+        contacts.c.phone,
+        contacts.c.opted_out,
+    )
+    .select_from(
+        workspaces.outerjoin(
+            contacts,
+            and_(
+                contacts.c.workspace_id == workspaces.c.id,
+                contacts.c.id == any_(bulk.id_array("ids")),
+            ),
+        )
+    )
+    .where(workspaces.c.id == bindparam("of_workspace"))
+)
+
+
+def _the_rest(conn: Connection, workspace_id: UUID, version: int) -> _Kept:
+    kept = _kept.get(workspace_id)
+    if kept and kept.version == version and time.monotonic() - kept.read_at < CACHE_TTL_S:
+        return kept
+    kept = _Kept(
+        version,
+        time.monotonic(),
+        templates={
+            row.id: Template(row.id, row.name, row.language, row.category, row.status, row.body)
+            for row in _all(conn, templates, workspace_id)
+        },
+        brand_ids=frozenset(row.id for row in _all(conn, brands, workspace_id)),
+        **_channels_and_agents(conn, workspace_id),
+        users={row.id: User(row.id, row.active) for row in _all(conn, users, workspace_id)},
+    )
+    if len(_kept) >= CACHE_WORKSPACES:
+        _kept.clear()
+    _kept[workspace_id] = kept
+    return kept
 
 
 _CHANNELS_AND_AGENTS = (
@@ -102,20 +162,14 @@ def _channels_and_agents(conn: Connection, workspace_id: UUID) -> dict[str, Any]
     }
 
 
-_BY_IDS = {
-    table.name: select(table).where(
-        table.c.workspace_id == bindparam("of_workspace"),
-        table.c.id == any_(bulk.id_array("ids")),
-    )
-    for table in (templates, contacts, brands, users)
+_ALL = {
+    table.name: select(table).where(table.c.workspace_id == bindparam("of_workspace"))
+    for table in (templates, brands, users)
 }
 
 
-def _rows(conn: Connection, table: Table, workspace_id: UUID, ids: set[UUID]) -> Any:
-    """The workspace's rows of ``table`` with these ids (a chunk names hundreds)."""
-    if not ids:
-        return []
-    return conn.execute(_BY_IDS[table.name], {"of_workspace": workspace_id, "ids": list(ids)})
+def _all(conn: Connection, table: Table, workspace_id: UUID) -> Any:
+    return conn.execute(_ALL[table.name], {"of_workspace": workspace_id})
 
 
 class CatalogImportError(Exception):
@@ -167,6 +221,13 @@ def import_rows(conn: Connection, workspace_id: UUID, sections: Iterable[Section
     for stage in stages.values():
         if isinstance(stage.rows, Table):
             stage.rows.drop(conn)
+    if set(stages) - {"contacts"}:
+        # Workers keep the catalog but its contacts (``load``): this has them read it again.
+        conn.execute(
+            update(workspaces)
+            .where(workspaces.c.id == workspace_id)
+            .values(catalog_version=workspaces.c.catalog_version + 1)
+        )
     return counts
 
 

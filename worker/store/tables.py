@@ -61,6 +61,8 @@ workspaces = Table(
     Column("id", UUID(as_uuid=True), primary_key=True),
     Column("name", String(200), nullable=False),
     _created_at(),
+    # Bumped by every catalog import, so that workers read the catalog they keep again.
+    Column("catalog_version", BigInteger, nullable=False, server_default="0"),
 )
 
 api_keys = Table(
