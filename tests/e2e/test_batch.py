@@ -12,6 +12,7 @@ import pytest
 from redis import Redis
 from sqlalchemy import Engine, select
 
+from tests import web
 from tests.e2e.support import STREAM, Api, Catalog, assert_problem, count, is_uuid
 from tests.world import World
 from worker.store.tables import batches, commands
@@ -177,7 +178,7 @@ class TestAccepted:
         items = [{"contactId": str(uuid4())} for _ in range(10_000)]
         payload = campaign(items, defaults={"template": {"templateId": str(uuid4())}})
 
-        with httpx.Client(base_url=workerless_api_url, timeout=120) as client:
+        with web.client(base_url=workerless_api_url, timeout=120) as client:
             started = time.perf_counter()
             response = client.post(
                 f"/v1/workspaces/{world.workspace_id}/leadscout/outbound/batch",

@@ -17,6 +17,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import Engine, select
 
+from tests import web
 from tests.e2e.conftest import START_TIMEOUT_S, free_port
 from tests.e2e.support import Api, Catalog, assert_problem
 from tests.processes import running, service_env, wait_until
@@ -84,7 +85,7 @@ def broker_api(database_url: str, broker: Broker, world: World, tmp_path: Path) 
     args = ["api", "--host", "127.0.0.1", "--port", str(port)]
     with (
         running(args, env, tmp_path / "api.log") as process,
-        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+        web.client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
     ):
 
         def ready() -> bool:

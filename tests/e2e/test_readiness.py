@@ -17,6 +17,7 @@ import httpx
 import jsonschema
 import pytest
 
+from tests import web
 from tests.e2e.conftest import START_TIMEOUT_S, free_port
 from tests.e2e.support import PROBLEM_JSON
 from tests.processes import running, service_env, wait_until
@@ -49,7 +50,7 @@ def own_api(
         def ready() -> bool:
             assert process.poll() is None, log.read_text()[-4000:]
             try:
-                return httpx.get(url + "/readyz", timeout=5).status_code == 200
+                return web.get(url + "/readyz", timeout=5).status_code == 200
             except httpx.TransportError:
                 return False
 
@@ -70,11 +71,11 @@ class TestReadiness:
 
     def test_first_probe_after_a_redis_restart_is_ready(self, own_api, redis_up):
         """The probe before leaves a pooled connection, reset on its next use; still 200."""
-        before = httpx.get(own_api + "/readyz", timeout=10)
+        before = web.get(own_api + "/readyz", timeout=10)
         redis_up.stop()
         redis_up.start()
 
-        after = httpx.get(own_api + "/readyz", timeout=10)
+        after = web.get(own_api + "/readyz", timeout=10)
 
         assert (before.status_code, after.status_code) == (200, 200)
         assert after.json() == {"status": "ready", "checks": {"postgres": True, "redis": True}}
@@ -83,7 +84,7 @@ class TestReadiness:
         """503 problem+json ServiceUnavailable with the checks, valid against the document."""
         redis_up.stop()
 
-        response = httpx.get(own_api + "/readyz", timeout=10)
+        response = web.get(own_api + "/readyz", timeout=10)
 
         assert (response.status_code, response.headers["content-type"]) == (503, PROBLEM_JSON)
         problem = response.json()
@@ -96,6 +97,6 @@ class TestReadiness:
 
 def documented_schema(base_url: str, path: str, status: str, media_type: str) -> dict[str, Any]:
     """The schema the API's own document gives this answer, with its components."""
-    document = httpx.get(base_url + "/openapi.json", timeout=10).json()
+    document = web.get(base_url + "/openapi.json", timeout=10).json()
     answer = document["paths"][path]["get"]["responses"][status]["content"][media_type]
     return {**answer["schema"], "components": document["components"]}

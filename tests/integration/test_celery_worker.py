@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from schemas.commands import InitiateOutbound
-from tests.processes import running, service_env, wait_until
+from tests.processes import TEARDOWN_GRACE_S, running, service_env, wait_until
 from tests.world import World, body
 from worker import tasks
 from worker.celery_app import use_broker
@@ -22,7 +22,7 @@ def worker_process(database_url: str, redis_url: str, tmp_path_factory) -> Itera
     use_broker(redis_url)
     log = Path(tmp_path_factory.mktemp("worker")) / "worker.log"
     env = service_env(database_url, redis_url)
-    with running(["worker", "--concurrency", "4"], env, log) as process:
+    with running(["worker", "--concurrency", "4"], env, log, grace_s=TEARDOWN_GRACE_S) as process:
         yield
         assert process.poll() is None, log.read_text()[-3000:]
 

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
-import httpx
 import pytest
 from prometheus_client import REGISTRY
 from redis import Redis
 from sqlalchemy import Engine, event
 
+from tests import web
 from tests.processes import running, service_env, wait_until
 from tests.world import World, body
 from worker.relay import relay_batch
@@ -568,7 +568,7 @@ def log_events(log: Path) -> list[str]:
 
 def scrape(port: int) -> dict[str, float]:
     """The reporter's own metrics, name{labels} → value."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    text = web.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     lines = (line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("leadscout_"))
     return {name: float(value) for name, value in lines}
 
