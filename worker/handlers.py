@@ -129,7 +129,9 @@ def _initiate(chunk: list[InitiateOutbound], deps: Deps, backlog: int = 0) -> di
         todo = [command for command in chunk if command.command_id not in outcomes]
         if backlog:
             taken = commands.take_backlog(conn, workspace_id, BACKLOG_AFTER, backlog)
-            metrics.BACKLOG_TAKEN.inc(len(taken))
+            if taken:
+                metrics.BACKLOG_TAKEN.inc(len(taken))
+                logger.info("initiation.backlog_taken", commands=len(taken))
             todo += taken
         if not todo:
             return outcomes

@@ -59,6 +59,8 @@ class Outcome:
     swept: int
     swept_chunks: int
     swept_singles: int
+    # Single commands that later single tasks took along from the queue's backlog.
+    taken_from_backlog: int
 
     def assert_kept(self, within_s: float) -> None:
         self.batch_counts.assert_kept(within_s)
@@ -149,4 +151,6 @@ def batch_and_singles_with_a_fault(
     sweeps = stack.logged("relay", "sweeper.republished")
     swept = [sum(record[field] for record in sweeps) for field in ("commands", "chunks", "singles")]
     print(f"faults[{label}] swept (commands, chunk tasks, single tasks): {swept}", flush=True)
-    return Outcome(counts[0], counts[1], replies, batch, *swept)
+    taken = sum(r["commands"] for r in stack.logged("worker", "initiation.backlog_taken"))
+    print(f"faults[{label}] single commands taken from the backlog: {taken}", flush=True)
+    return Outcome(counts[0], counts[1], replies, batch, *swept, taken_from_backlog=taken)
