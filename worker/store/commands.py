@@ -62,7 +62,10 @@ def record(
     body_hash: str | None = None,
     batch_id: UUID | None = None,
 ) -> None:
-    conn.execute(insert(commands).values(_row(command, idempotency_key, body_hash, batch_id)))
+    conn.execute(_RECORD, _row(command, idempotency_key, body_hash, batch_id))
+
+
+_RECORD = insert(commands)
 
 
 _BATCH_COLUMNS = ["id", "workspace_id", "idempotency_key", "request_hash", "payload", "batch_id"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, any_, select
+from sqlalchemy import Connection, Engine, any_, func, literal, select
 from sqlalchemy.dialects.postgresql import insert
 
 from worker.store import bulk
@@ -17,17 +17,26 @@ class StaleFence(Exception):
     """Someone took the channel lock after us: our lock expired while we stalled."""
 
 
-def issue(engine: Engine, channel_ids: Sequence[UUID]) -> dict[UUID, int]:
-    """Bumps and returns the channels' tokens, in one statement that commits at once."""
-    new = insert(channel_fences).values(
-        [{"channel_id": channel_id, "token": 1} for channel_id in sorted(channel_ids)]
+_ISSUE = (
+    insert(channel_fences)
+    .from_select(
+        ["channel_id", "token"],
+        select(func.unnest(bulk.id_array("channel_ids")), literal(1)),
     )
-    stmt = new.on_conflict_do_update(
+    .on_conflict_do_update(
         index_elements=[channel_fences.c.channel_id],
         set_={"token": channel_fences.c.token + 1},
-    ).returning(channel_fences.c.channel_id, channel_fences.c.token)
+    )
+    .returning(channel_fences.c.channel_id, channel_fences.c.token)
+)
+
+
+def issue(engine: Engine, channel_ids: Sequence[UUID]) -> dict[UUID, int]:
+    """Bumps and returns the channels' tokens, in one statement that commits at once (rows
+    in id order, as the locks)."""
     with autocommit(engine) as conn:
-        return {channel_id: int(token) for channel_id, token in conn.execute(stmt)}
+        rows = conn.execute(_ISSUE, {"channel_ids": sorted(channel_ids)})
+        return {channel_id: int(token) for channel_id, token in rows}
 
 
 _CURRENT = (
