@@ -164,7 +164,8 @@ def test_the_backlog_limit_bounds_one_chunk(world, engine, monkeypatch):
     monkeypatch.setattr(handlers, "BACKLOG_LIMIT", 3)
     channel, template = world.channel(world.agent()), world.template()
     first, *behind = singles(world, 6, channel, template)
-    waited(engine, behind, ms=500)
+    for n, command in enumerate(behind):  # oldest first, no two alike
+        waited(engine, [command], ms=500 - 10 * n)
 
     tasks.initiate_outbound.apply(args=[first.to_message()]).get()
 

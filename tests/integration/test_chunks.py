@@ -283,7 +283,7 @@ class TestStatementsOfOneInitiation:
         assert [outcome.status for outcome in outcomes] == ["succeeded"]
         assert statements == [
             "UPDATE commands",  # processing
-            "UPDATE commands",  # the queue's backlog to take along: none
+            "WITH commands",  # the queue's backlog to take along: none
             "SELECT workspaces",  # the catalog's version, with the contacts
             "INSERT channel_fences",  # the lock's token
             "SELECT commands",  # claim, under the lock

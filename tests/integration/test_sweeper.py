@@ -360,7 +360,7 @@ class TestDuplicatePublish:
         assert first["status"] == "succeeded"
         assert (first["outbox"], first["conversations"]) == (1, 1)
         # Its own claim, then the look for a backlog to take along (none).
-        assert statements == ["UPDATE commands", "UPDATE commands"]
+        assert statements == ["UPDATE commands", "WITH commands"]
 
     def test_a_finished_chunk_delivered_again(self, world, engine, deps):
         channel = world.channel(world.agent())

@@ -128,10 +128,12 @@ _WAITING = (
     .order_by(commands.c.created_at)
     .limit(bindparam("at_most"))
     .with_for_update(skip_locked=True)
+    .cte("waiting")
+    .prefix_with("MATERIALIZED")
 )
 _TAKE_WAITING = (
     update(commands)
-    .where(commands.c.id.in_(_WAITING))
+    .where(commands.c.id == _WAITING.c.id)
     .values(status="processing", updated_at=func.now())
     .returning(commands.c.payload, commands.c.created_at)
 )
@@ -371,10 +373,14 @@ def take_stale(
         .order_by(commands.c.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
+        # Evaluated once: as an IN (subquery), the plan may run it again and lock and
+        # return more than ``limit`` rows (seen once the tables had grown).
+        .cte("oldest")
+        .prefix_with("MATERIALIZED")
     )
     rows = conn.execute(
         update(commands)
-        .where(commands.c.id.in_(oldest))
+        .where(commands.c.id == oldest.c.id)
         .values(updated_at=func.now())
         .returning(
             commands.c.id,
