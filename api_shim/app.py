@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -57,6 +58,9 @@ def create_app() -> FastAPI:
         app.state.intake = Intake(engine, listener, settings.sync_wait_s)
         app.state.batch_intake = BatchIntakeProcess(database_url, redis_url, settings.log_format)
         await app.state.batch_intake.warm_up()
+        # What start-up built lives as long as the process: out of the collector's sight,
+        # a full collection walks only what requests allocate (shorter pauses, fewer tails).
+        gc.freeze()
         yield
         app.state.batch_intake.close()
         await asyncio.gather(listener.stop(), revocations.stop())
