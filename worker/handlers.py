@@ -287,15 +287,14 @@ def reject(
     conn: Connection, rejected: list[tuple[InitiateOutbound, Rejection]]
 ) -> dict[UUID, Outcome]:
     """Invariant 5: a rejection writes only the outcome and its event."""
-    events: list[tuple[Event, UUID | None]] = []
-    outcomes: dict[UUID, Outcome] = {}
-    for command, rejection in rejected:
-        event = rejection_event(command, rejection.code)
-        events.append((event, command.command_id))
-        outcomes[command.command_id] = Outcome(
-            command.command_id, "failed", error=rejection.as_problem(), event_ids=(event.id,)
+    events = [(rejection_event(command, r.code), command.command_id) for command, r in rejected]
+    payloads = outbox.add_many(conn, events)
+    outcomes = {
+        command.command_id: Outcome(
+            command.command_id, "failed", error=rejection.as_problem(), events=(payload,)
         )
-    outbox.add_many(conn, events)
+        for (command, rejection), payload in zip(rejected, payloads, strict=True)
+    }
     commands.finish(conn, outcomes.values())
     if rejected:
         _count(rejection.code.value for _, rejection in rejected)
@@ -338,7 +337,7 @@ def _append_messages(
     """Each command's template message and follow-ups, its event and its outcome."""
     messages, follow_ups = [], []
     events: list[tuple[Event, UUID | None]] = []
-    outcomes: dict[UUID, Outcome] = {}
+    results: list[tuple[UUID, dict[str, Any]]] = []
     for item in items:
         command, eligible = item.command, item.eligible
         conversation, previous_control, last_position = written[command.command_id]
@@ -371,12 +370,14 @@ def _append_messages(
             follow_ups_count=len(item.request.follow_ups),
             already_initiated=previous_control is not None,
         )
-        outcomes[command.command_id] = Outcome(
-            command.command_id, "succeeded", result=result, event_ids=(event.id,)
-        )
+        results.append((command.command_id, result))
     conversation_store.add_template_messages(conn, messages)
     conversation_store.add_follow_ups(conn, follow_ups)
-    outbox.add_many(conn, events)
+    payloads = outbox.add_many(conn, events)
+    outcomes = {
+        command_id: Outcome(command_id, "succeeded", result=result, events=(payload,))
+        for (command_id, result), payload in zip(results, payloads, strict=True)
+    }
     commands.finish(conn, outcomes.values())
     if items:
         _count("reused" if written[item.command.command_id][1] else "created" for item in items)

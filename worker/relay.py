@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 from uuid import UUID
@@ -58,12 +58,22 @@ def relay_batch(engine: Engine, redis: Redis, stream: str, limit: int = 500) -> 
     return sent
 
 
-def publish_now(engine: Engine, redis: Redis, stream: str, event_ids: Iterable[UUID]) -> int:
-    """The worker's fast path after its commit: sends just these events, if still unsent."""
-    wanted = list(event_ids)
-    if not wanted:
+def publish_now(
+    engine: Engine, redis: Redis, stream: str, payloads: Sequence[dict[str, Any]]
+) -> int:
+    """The worker's fast path after its commit: sends these events, as it wrote them to the
+    outbox (no read-back), unless another relay holds or sent them already."""
+    if not payloads:
         return 0
-    return _send(engine, redis, stream, _NAMED, {"event_ids": wanted}, path="direct")
+    by_id = {UUID(payload["id"]): payload for payload in payloads}
+    with engine.begin() as conn:
+        rows = conn.execute(_NAMED, {"event_ids": list(by_id)}).all()
+        if not rows:
+            return 0
+        _xadd(redis, stream, [by_id[row.event_id] for row in rows])
+        conn.execute(_MARK_PUBLISHED, {"row_ids": [row.id for row in rows]})
+    _observe(rows, "direct")
+    return len(rows)
 
 
 def replay_after_data_loss(
@@ -86,18 +96,20 @@ def replay_after_data_loss(
     return int(replayed)
 
 
-def _unpublished() -> Select[Any]:
+def _unpublished(*columns: Any) -> Select[Any]:
     lag_s = func.extract("epoch", func.clock_timestamp() - outbox.c.created_at)
     return (
-        select(outbox.c.id, outbox.c.payload, lag_s.label("lag_s"))
+        select(outbox.c.id, *columns, lag_s.label("lag_s"))
         .where(outbox.c.published_at.is_(None))
         .order_by(outbox.c.id)
         .with_for_update(skip_locked=True)
     )
 
 
-_OLDEST = _unpublished().limit(bindparam("at_most"))
-_NAMED = _unpublished().where(outbox.c.event_id == any_(bulk.id_array("event_ids")))
+_OLDEST = _unpublished(outbox.c.payload).limit(bindparam("at_most"))
+_NAMED = _unpublished(outbox.c.event_id).where(
+    outbox.c.event_id == any_(bulk.id_array("event_ids"))
+)
 _MARK_PUBLISHED = (
     update(outbox)
     .where(outbox.c.id == any_(bindparam("row_ids", type_=ARRAY(BigInteger))))

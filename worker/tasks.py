@@ -50,7 +50,7 @@ def initiate_outbound(command: dict[str, Any]) -> None:
             logger.error("initiation.unknown_command")
             return
         announce(outcomes)
-        _send_events_now(deps.engine, [i for outcome in outcomes for i in outcome.event_ids])
+        _send_events_now(deps.engine, [e for outcome in outcomes for e in outcome.events])
 
 
 def announce(outcomes: Sequence[Outcome]) -> None:
@@ -65,11 +65,11 @@ def announce(outcomes: Sequence[Outcome]) -> None:
         logger.warning("initiation.announce_failed")
 
 
-def _send_events_now(engine: Engine, event_ids: Sequence[UUID]) -> None:
+def _send_events_now(engine: Engine, events: Sequence[dict[str, Any]]) -> None:
     """Fast path: the relay would send these too, only later."""
     stream = get_settings().events_stream
     try:
-        relay.publish_now(engine, redis_client(), stream, event_ids)
+        relay.publish_now(engine, redis_client(), stream, events)
     except (OperationalError, RedisError):
         logger.warning("initiation.fast_path_failed")
 
@@ -107,7 +107,7 @@ def initiate_chunk(command_ids: list[str]) -> None:
         logger.error("initiation.unknown_commands", missing=len(command_ids) - len(chunk))
     outcomes = handlers.initiate_chunk(chunk, deps)
     # No announce: nobody waits in sync mode for a batch item (SPEC 4.3 answers 202).
-    _send_events_now(deps.engine, [i for outcome in outcomes for i in outcome.event_ids])
+    _send_events_now(deps.engine, [e for outcome in outcomes for e in outcome.events])
 
 
 # How long a campaign chunk waits, at most, for single initiations queued before it.

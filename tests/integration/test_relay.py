@@ -129,7 +129,7 @@ class TestRelayMetrics:
         initiate(world, 1)
         [row] = outbox_rows(engine)
         direct = sample("leadscout_events_relayed_total", path="direct")
-        publish_now(engine, redis, STREAM, [row.event_id])
+        publish_now(engine, redis, STREAM, [row.payload])
         assert sample("leadscout_events_relayed_total", path="direct") == direct + 1
 
 
@@ -171,12 +171,14 @@ def run_relays(
 
 
 class TestPublishNow:
-    """The worker's fast path sends only the events it names; the relay sweeps the rest."""
+    """The worker's fast path sends only the events it wrote, from memory; the relay sweeps
+    the rest."""
 
     def test_sends_only_the_named_event_and_the_relay_sweeps_the_others(self, world, engine, redis):
         initiate(world, 3)
-        first, second, third = (row.event_id for row in outbox_rows(engine))
-        assert publish_now(engine, redis, STREAM, [second]) == 1
+        rows = outbox_rows(engine)
+        first, second, third = (row.event_id for row in rows)
+        assert publish_now(engine, redis, STREAM, [rows[1].payload]) == 1
         assert [e["id"] for e in stream_events(redis)] == [str(second)]
         assert relay_batch(engine, redis, STREAM) == 2
         assert [e["id"] for e in stream_events(redis)] == [str(second), str(first), str(third)]
@@ -184,11 +186,11 @@ class TestPublishNow:
     def test_an_already_published_event_is_not_sent_again(self, world, engine, redis):
         initiate(world, 1)
         [row] = outbox_rows(engine)
-        publish_now(engine, redis, STREAM, [row.event_id])
-        assert publish_now(engine, redis, STREAM, [row.event_id]) == 0
+        publish_now(engine, redis, STREAM, [row.payload])
+        assert publish_now(engine, redis, STREAM, [row.payload]) == 0
         assert redis.xlen(STREAM) == 1
 
-    def test_no_event_ids_send_nothing(self, world, engine, redis):
+    def test_no_events_send_nothing(self, world, engine, redis):
         initiate(world, 1)
         assert publish_now(engine, redis, STREAM, []) == 0
         assert redis.exists(STREAM) == 0

@@ -44,8 +44,12 @@ class Outcome:
     status: Finished
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
-    # The outbox events this processing wrote (none when it was a redelivery).
-    event_ids: tuple[UUID, ...] = ()
+    # The payloads of the outbox events this processing wrote (none for a redelivery).
+    events: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def event_ids(self) -> tuple[UUID, ...]:
+        return tuple(UUID(event["id"]) for event in self.events)
 
 
 def request_hash(body: dict[str, Any]) -> str:
