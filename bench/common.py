@@ -198,7 +198,7 @@ def service_stack(servers: Servers, logs: Path, workers: int, concurrency: int) 
             for name in campaign_workers
         },
         "relay": ["relay"],
-        "reporter": ["reporter"],
+        "reporter": ["reporter", "--nice", "10"],
     }
     with ExitStack() as started:
         processes = {

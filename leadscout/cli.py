@@ -238,6 +238,18 @@ def campaign_launch(
         Console().print(launcher.table(summary))
 
 
+Nice = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        max=19,
+        help="Lower this process's CPU priority by N (os.nice), so that on a shared host it"
+        " leaves the cores to single initiations first: `leadscout dev` gives campaign workers"
+        " and the reporter 10.",
+    ),
+]
+
+
 @cli.command()
 def worker(
     concurrency: Annotated[int, typer.Option(help="Worker processes or threads.")] = 2,
@@ -249,15 +261,7 @@ def worker(
             " 'leadscout.campaign' (campaign chunks)."
         ),
     ] = "leadscout,leadscout.campaign",
-    nice: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            max=19,
-            help="Lower this worker's CPU priority by N (os.nice): give campaign workers 10 so"
-            " that, on a shared host, a running campaign leaves the cores to single initiations.",
-        ),
-    ] = 0,
+    nice: Nice = 0,
 ) -> None:
     """Run a Celery worker that processes initiation commands."""
     if nice:
@@ -311,8 +315,10 @@ def relay() -> None:
 
 
 @cli.command()
-def reporter() -> None:
+def reporter(nice: Nice = 0) -> None:
     """Count events into campaign stats (a consumer group; several reporters may run at once)."""
+    if nice:
+        os.nice(nice)
     from worker import reporter as stats_reporter
     from worker.runtime import resolved_urls
 

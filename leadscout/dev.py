@@ -72,7 +72,7 @@ def run(settings: Settings, host: str, port: int) -> None:
         # Single initiations have a worker of their own, so a campaign cannot hold them up.
         ["worker", "--concurrency", "1", "--queues", "leadscout"],
         ["relay"],
-        ["reporter"],
+        ["reporter", "--nice", "10"],
         ["worker", "--concurrency", "2", "--queues", "leadscout.campaign", "--nice", "10"],
     ]
     children = [
