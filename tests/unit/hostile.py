@@ -1,6 +1,6 @@
 """What the hostile-input property tests share: their Hypothesis settings and strategies.
 
-The quick run tries 50 examples per property; ``LEADSCOUT_HYPOTHESIS=thorough`` tries
+The quick run tries 25 examples per property; ``LEADSCOUT_HYPOTHESIS=thorough`` tries
 1,000 (``tests/unit/test_hostile_thorough.py`` runs them that way under ``-m slow``).
 """
 
