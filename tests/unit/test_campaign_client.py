@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from leadscout.campaign import BatchApi, LaunchError, UsageError
+from leadscout.campaign import BatchApi, LaunchError, Tracker, UsageError
 
 WORKSPACE = "0d4e6f10-0000-4000-8000-000000000001"
 ACCEPTED = {"batchId": "b1", "accepted": 2, "invalid": []}
@@ -158,3 +158,51 @@ class TestAddress:
             BatchApi("ftp://example.test", "k", WORKSPACE)
 
         assert str(raised.value) == "--api-url 'ftp://example.test': not an http(s) URL"
+
+
+class StatusReads:
+    """A BatchApi stand-in for ``Tracker.poll``: each batch's finished count, and the reads."""
+
+    def __init__(self, finished: dict[str, int]) -> None:
+        self.finished = finished
+        self.read: list[str] = []
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        self.read.append(batch_id)
+        return {"counts": {"succeeded": self.finished[batch_id], "failed": 0}}
+
+
+class TestFollowingTheBatches:
+    """The launch reads the oldest unfinished batches up to the first still running."""
+
+    def tracker(self) -> Tracker:
+        tracker = Tracker()
+        for batch_id in ("b1", "b2", "b3"):
+            tracker.add(batch_id, 10)
+        return tracker
+
+    def test_a_round_stops_at_the_first_batch_still_running(self):
+        tracker, api = self.tracker(), StatusReads({"b1": 10, "b2": 4, "b3": 0})
+
+        tracker.poll(api)
+
+        assert api.read == ["b1", "b2"]
+        assert (tracker.finished, [b.batch_id for b in tracker.unfinished]) == (14, ["b2", "b3"])
+
+    def test_rounds_go_on_until_every_batch_finished(self):
+        tracker, api = self.tracker(), StatusReads({"b1": 3, "b2": 0, "b3": 0})
+        tracker.poll(api)
+        api.finished.update(b1=10, b2=10, b3=10)
+
+        tracker.poll(api)
+
+        assert api.read == ["b1", "b1", "b2", "b3"]
+        assert (tracker.finished, list(tracker.unfinished)) == (30, [])
+
+    def test_a_batch_with_nothing_accepted_is_never_read(self):
+        tracker, api = Tracker(), StatusReads({})
+        tracker.add("empty", 0)
+
+        tracker.poll(api)
+
+        assert (api.read, tracker.finished, tracker.accepted) == ([], 0, 0)
