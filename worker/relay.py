@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 from uuid import UUID
@@ -52,7 +52,9 @@ MEMORY_CHECK_S = 1.0
 
 def relay_batch(engine: Engine, redis: Redis, stream: str, limit: int = 500) -> int:
     """Sends the oldest unpublished rows no other relay holds; returns how many."""
-    sent = _send(engine, redis, stream, _OLDEST, {"at_most": limit}, path="sweep")
+    sent = _send(
+        engine, redis, stream, _OLDEST, {"at_most": limit}, lambda row: row.payload, path="sweep"
+    )
     if sent:
         logger.info("relay.batch_sent", count=sent)
     return sent
@@ -66,14 +68,10 @@ def publish_now(
     if not payloads:
         return 0
     by_id = {UUID(payload["id"]): payload for payload in payloads}
-    with engine.begin() as conn:
-        rows = conn.execute(_NAMED, {"event_ids": list(by_id)}).all()
-        if not rows:
-            return 0
-        _xadd(redis, stream, [by_id[row.event_id] for row in rows])
-        conn.execute(_MARK_PUBLISHED, {"row_ids": [row.id for row in rows]})
-    _observe(rows, "direct")
-    return len(rows)
+    named = {"event_ids": list(by_id)}
+    return _send(
+        engine, redis, stream, _NAMED, named, lambda row: by_id[row.event_id], path="direct"
+    )
 
 
 def replay_after_data_loss(
@@ -123,13 +121,15 @@ def _send(
     stream: str,
     claim: Select[Any],
     params: dict[str, Any],
+    payload_of: Callable[[Row[Any]], dict[str, Any]],
     path: str,
 ) -> int:
+    """Claims rows (``claim`` with ``params``), sends their payloads, marks them published."""
     with engine.begin() as conn:
         rows = conn.execute(claim, params).all()
         if not rows:
             return 0
-        _xadd(redis, stream, [row.payload for row in rows])
+        _xadd(redis, stream, [payload_of(row) for row in rows])
         conn.execute(_MARK_PUBLISHED, {"row_ids": [row.id for row in rows]})
     _observe(rows, path)
     return len(rows)

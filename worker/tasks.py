@@ -50,7 +50,7 @@ def initiate_outbound(command: dict[str, Any]) -> None:
             logger.error("initiation.unknown_command")
             return
         announce(outcomes)
-        _send_events_now(deps.engine, [e for outcome in outcomes for e in outcome.events])
+        _send_events_now(deps.engine, outcomes)
 
 
 def announce(outcomes: Sequence[Outcome]) -> None:
@@ -65,9 +65,10 @@ def announce(outcomes: Sequence[Outcome]) -> None:
         logger.warning("initiation.announce_failed")
 
 
-def _send_events_now(engine: Engine, events: Sequence[dict[str, Any]]) -> None:
-    """Fast path: the relay would send these too, only later."""
+def _send_events_now(engine: Engine, outcomes: Sequence[Outcome]) -> None:
+    """Fast path for the outcomes' events: the relay would send these too, only later."""
     stream = get_settings().events_stream
+    events = [event for outcome in outcomes for event in outcome.events]
     try:
         relay.publish_now(engine, redis_client(), stream, events)
     except (OperationalError, RedisError):
@@ -107,7 +108,7 @@ def initiate_chunk(command_ids: list[str]) -> None:
         logger.error("initiation.unknown_commands", missing=len(command_ids) - len(chunk))
     outcomes = handlers.initiate_chunk(chunk, deps)
     # No announce: nobody waits in sync mode for a batch item (SPEC 4.3 answers 202).
-    _send_events_now(deps.engine, [e for outcome in outcomes for e in outcome.events])
+    _send_events_now(deps.engine, outcomes)
 
 
 # How long a campaign chunk waits, at most, for single initiations queued before it.

@@ -28,14 +28,17 @@ from sqlalchemy.exc import DBAPIError
 def any_of(column: Column[Any], ids: Iterable[UUID]) -> ColumnElement[bool]:
     """``column = ANY(:ids)``: one array parameter for any number of ids, where an IN list
     would bind (and make psycopg parse) one parameter per id."""
-    values = bindparam(f"{column.key}_any", list(ids), ARRAY(PgUUID(as_uuid=True)))
+    values = bindparam(f"{column.key}_any", list(ids), _UUIDS)
     return column == any_(values)
 
 
 def id_array(name: str) -> BindParameter[Any]:
     """An array-of-uuid parameter bound at execution, for statements built once at import:
     building a statement costs the client more than executing it."""
-    return bindparam(name, type_=ARRAY(PgUUID(as_uuid=True)))
+    return bindparam(name, type_=_UUIDS)
+
+
+_UUIDS = ARRAY(PgUUID(as_uuid=True))
 
 
 # Up to this many rows go in one INSERT: a COPY costs more to set up, on both sides, than a

@@ -110,12 +110,12 @@ _CONTACTS_AND_VERSION = (
 
 
 def _the_rest(conn: Connection, workspace_id: UUID, version: int) -> _Kept:
-    kept = _kept.get(workspace_id)
-    if kept and kept.version == version and time.monotonic() - kept.read_at < CACHE_TTL_S:
+    kept, now = _kept.get(workspace_id), time.monotonic()
+    if kept and kept.version == version and now - kept.read_at < CACHE_TTL_S:
         return kept
     kept = _Kept(
         version,
-        time.monotonic(),
+        now,
         templates={
             row.id: Template(row.id, row.name, row.language, row.category, row.status, row.body)
             for row in _all(conn, templates, workspace_id)

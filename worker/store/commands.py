@@ -76,8 +76,8 @@ _BATCH_COLUMNS = ["id", "workspace_id", "idempotency_key", "request_hash", "payl
 
 
 def record_batch(conn: Connection, batch_id: UUID, batch: Sequence[InitiateOutbound]) -> None:
-    """Records a batch's commands in one COPY, each row as ``record`` writes it; the
-    Idempotency-Key belongs to the batch, not to its commands."""
+    """Records a batch's commands in one write (``bulk.copy_rows``), each row as ``record``
+    writes it; the Idempotency-Key belongs to the batch, not to its commands."""
     rows = (_row(command, None, None, batch_id) for command in batch)
     bulk.copy_rows(
         conn, commands, _BATCH_COLUMNS, ([row[c] for c in _BATCH_COLUMNS] for row in rows)

@@ -98,7 +98,8 @@ _NOW = select(func.now())
 
 
 def insert_conversations(conn: Connection, values: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fresh conversations in one COPY; returns them as rows (without ``seq``), in order.
+    """Fresh conversations in one write (``bulk.copy_rows``); returns them as rows (without
+    ``seq``), in order.
 
     ``created_at`` and ``updated_at`` are the transaction's ``now()``, as the column
     defaults would have made them.

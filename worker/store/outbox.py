@@ -18,7 +18,8 @@ def add(conn: Connection, event: Event, command_id: UUID | None = None) -> None:
 
 
 def add_many(conn: Connection, events: Sequence[tuple[Event, UUID | None]]) -> list[dict[str, Any]]:
-    """Outbox rows for ``(event, command_id)`` pairs, in one COPY; returns their payloads
+    """Outbox rows for ``(event, command_id)`` pairs, in one write (``bulk.copy_rows``);
+    returns their payloads
     (for the worker's fast path, which sends them without reading them back)."""
     if not events:
         return []
