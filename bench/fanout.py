@@ -154,8 +154,8 @@ class CampaignRun:
     events: Events
     seconds: float  # first accepted → last initiation event on the stream
     peak_rss_mb: dict[str, float]
-    # CPU seconds during the campaign per service process (its pool included); "rest" is the
-    # rest of the machine: PostgreSQL, Redis, the launch command.
+    # CPU seconds during the campaign per process (a service's pool, PostgreSQL's backends
+    # included); "rest" is the rest of the machine.
     cpu_s: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
@@ -191,11 +191,13 @@ def _campaign(
         after = _last_entry_id(redis)
         progress(f"fanout: launching the campaign in workspace {workspace.id}")
         pids = {n: p.pid for n, p in stack.processes.items()} if stack else {}
+        pids |= _server_pids(engine, redis)
         cpu_before, machine_before = cpu_seconds(pids), machine_cpu_seconds()
         with _profiled(args.profile, stack, folder):
             launch = _launch(args, urls, folder, workspace, catalog, contacts, api_url)
             _follow(launch, redis, stack, args.leads)
         cpu = {n: s - cpu_before.get(n, 0.0) for n, s in cpu_seconds(pids).items()}
+        cpu["launch"] = launch.cpu_s
         cpu["rest"] = machine_cpu_seconds() - machine_before - sum(cpu.values())
         progress("fanout: campaign finished; reading the stream and the commands")
         _wait_outbox_sent(engine, workspace)
@@ -266,6 +268,18 @@ class Clocks:
         return (redis_time - self.redis) - (postgres_time - self.postgres)
 
 
+def _server_pids(engine: Engine, redis: Redis) -> dict[str, int]:
+    """PostgreSQL's postmaster (the parent of a backend) and Redis, when on this machine."""
+    with engine.connect() as conn:
+        backend = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+    pids = {"redis": int(redis.info("server")["process_id"])}
+    try:
+        stat = Path(f"/proc/{backend}/stat").read_text()
+    except OSError:
+        return pids
+    return {"postgres": int(stat.rsplit(")", 1)[1].split()[1])} | pids
+
+
 def _last_entry_id(redis: Redis) -> str:
     entries = redis.xrevrange(STREAM, count=1)
     return entries[0][0].decode() if entries else "0-0"
@@ -281,6 +295,7 @@ class Launch:
     err: Path
     exit_code: int | None = None
     peak_rss_mb: float = 0.0
+    cpu_s: float = 0.0
 
     def finished(self) -> bool:
         if self.exit_code is None:
@@ -288,6 +303,7 @@ class Launch:
             if pid:
                 self.exit_code = os.waitstatus_to_exitcode(status)
                 self.peak_rss_mb = usage.ru_maxrss / 1024
+                self.cpu_s = usage.ru_utime + usage.ru_stime
         return self.exit_code is not None
 
     def check(self) -> None:

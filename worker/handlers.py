@@ -208,9 +208,8 @@ def _select(
     ``held``, a command whose choice falls outside those channels gets ``None`` (it moved)
     and uses up nothing.
     """
-    workspace_id = round_[0].command.workspace_id
     contacts = conversation_store.contact_conversations(
-        conn, workspace_id, [p.request.contact_id for p in round_]
+        conn, [p.request.contact_id for p in round_]
     )
     candidates = {channel.id for p in round_ for channel in p.eligible.candidates}
     opened = conversation_store.opened_last_24h(conn, candidates)

@@ -252,10 +252,12 @@ class TestARedeliveredChunk:
 
 
 def _statement(sql: str) -> str:
-    """``VERB table`` of a statement: the table after INTO, FROM or UPDATE."""
+    """``VERB table`` of a statement: the first table after INTO, FROM, UPDATE or JOIN (an
+    id list's ``unnest`` and a ``LATERAL`` are not tables)."""
     verb = sql.split(None, 1)[0]
-    table = re.search(r"(?:INTO|FROM|UPDATE)\s+(\w+)", sql)
-    return f"{verb} {table.group(1) if table else ''}".strip()
+    names = re.findall(r"(?:INTO|FROM|UPDATE|JOIN)\s+(\w+)", sql)
+    tables = [name for name in names if name not in ("unnest", "LATERAL")]
+    return f"{verb} {tables[0] if tables else ''}".strip()
 
 
 class TestStatementsOfOneInitiation:

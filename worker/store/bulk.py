@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     any_,
     bindparam,
+    func,
     insert,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -30,6 +31,14 @@ def any_of(column: Column[Any], ids: Iterable[UUID]) -> ColumnElement[bool]:
     would bind (and make psycopg parse) one parameter per id."""
     values = bindparam(f"{column.key}_any", list(ids), _UUIDS)
     return column == any_(values)
+
+
+def wanted_ids(name: str, column: str = "id") -> Any:
+    """``unnest(:name) AS wanted(column)``, to join a table to a list of ids: one index
+    lookup per id. The planner costs ``column = ANY(:ids)`` as matching the whole table
+    while the column has no statistics yet (a new workspace's first campaign), and picks a
+    scan of everything that grows with the campaign."""
+    return func.unnest(id_array(name)).table_valued(column).render_derived(name="wanted")
 
 
 def id_array(name: str) -> BindParameter[Any]:

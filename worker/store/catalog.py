@@ -20,8 +20,6 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Table,
-    and_,
-    any_,
     bindparam,
     cast,
     column,
@@ -30,6 +28,8 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    text,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, insert
@@ -78,7 +78,7 @@ def load(
         contacts={
             row.id: Contact(row.id, row.name, row.phone, row.opted_out)
             for row in rows
-            if row.id is not None
+            if row.workspace_id == workspace_id
         },
         brand_ids=kept.brand_ids,
         channels=kept.channels,
@@ -88,22 +88,21 @@ def load(
 
 
 # One row per contact found, or one row of NULLs: the version comes back either way.
+# Each contact is looked up by its id alone (see bulk.wanted_ids) and kept if it is the
+# workspace's: with the workspace in the join, a planner whose statistics predate an
+# import scans the whole workspace for every chunk.
+_WANTED = bulk.wanted_ids("ids")
 _CONTACTS_AND_VERSION = (
     select(
         workspaces.c.catalog_version,
+        contacts.c.workspace_id,
         contacts.c.id,
         contacts.c.name,
         contacts.c.phone,
         contacts.c.opted_out,
     )
     .select_from(
-        workspaces.outerjoin(
-            contacts,
-            and_(
-                contacts.c.workspace_id == workspaces.c.id,
-                contacts.c.id == any_(bulk.id_array("ids")),
-            ),
-        )
+        workspaces.outerjoin(_WANTED.join(contacts, contacts.c.id == _WANTED.c.id), true())
     )
     .where(workspaces.c.id == bindparam("of_workspace"))
 )
@@ -200,6 +199,10 @@ def import_file(conn: Connection, workspace_id: UUID, file: CatalogFile) -> Coun
     return import_rows(conn, workspace_id, sections)
 
 
+# A kind that wrote this many rows is analyzed before the import commits.
+ANALYZE_AFTER_ROWS = 1_000
+
+
 def import_rows(conn: Connection, workspace_id: UUID, sections: Iterable[Section]) -> Counts:
     """Upserts every row by id, all or nothing; returns inserted/updated counts per kind.
 
@@ -221,6 +224,12 @@ def import_rows(conn: Connection, workspace_id: UUID, sections: Iterable[Section
     for stage in stages.values():
         if isinstance(stage.rows, Table):
             stage.rows.drop(conn)
+    for kind, written in counts.items():
+        if written["inserted"] + written["updated"] >= ANALYZE_AFTER_ROWS:
+            # PostgreSQL's advice after a bulk load: the planner would otherwise plan the
+            # next campaign's reads on the statistics of a smaller table. It sees this
+            # transaction's rows, and its statistics roll back with them.
+            conn.execute(text(f"ANALYZE {_TABLES[kind].name}"))
     if set(stages) - {"contacts"}:
         # Workers keep the catalog but its contacts (``load``): this has them read it again.
         conn.execute(

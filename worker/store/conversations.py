@@ -7,7 +7,7 @@ from collections.abc import Collection
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import Connection, RowMapping, any_, bindparam, func, select, text, update
+from sqlalchemy import Connection, RowMapping, any_, bindparam, func, select, text, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from worker.model import Conversation
@@ -29,23 +29,29 @@ _CONVERSATION_FIELDS = (
 )
 
 
-_OF_CONTACTS = (
+_WANTED = bulk.wanted_ids("contact_ids", "contact_id")
+# Per contact, its latest conversation on each channel: all check 10 needs (the active one
+# on a channel is its latest there, invariant 1). As a LATERAL subquery per contact (its
+# DISTINCT ON keeps the planner from flattening it into a join, which it may run as a scan
+# of the whole table while the table has no statistics yet: a first campaign's).
+# No workspace condition: the contacts are the workspace's (the catalog said so), and a
+# conversation is always in its contact's workspace (a composite foreign key).
+_LATEST = (
     select(*_CONVERSATION_FIELDS)
-    .where(
-        conversations.c.workspace_id == bindparam("of_workspace"),
-        conversations.c.contact_id == any_(bulk.id_array("contact_ids")),
-    )
-    .order_by(conversations.c.seq)
+    .where(conversations.c.contact_id == _WANTED.c.contact_id)
+    .distinct(conversations.c.channel_id)
+    .order_by(conversations.c.channel_id, conversations.c.seq.desc())
+    .lateral("latest")
 )
+_OF_CONTACTS = select(_LATEST).select_from(_WANTED.join(_LATEST, true())).order_by(_LATEST.c.seq)
 
 
 def contact_conversations(
-    conn: Connection, workspace_id: UUID, contact_ids: Collection[UUID]
+    conn: Connection, contact_ids: Collection[UUID]
 ) -> dict[UUID, tuple[Conversation, ...]]:
-    """Every conversation of these contacts, grouped by contact, in creation order."""
-    rows = conn.execute(
-        _OF_CONTACTS, {"of_workspace": workspace_id, "contact_ids": list(contact_ids)}
-    ).all()
+    """The latest conversation on each channel of these contacts (of one workspace, found
+    in its catalog), grouped by contact, in creation order."""
+    rows = conn.execute(_OF_CONTACTS, {"contact_ids": list(set(contact_ids))}).all()
     grouped: dict[UUID, list[Conversation]] = defaultdict(list)
     for row in rows:
         grouped[row.contact_id].append(Conversation(**row._mapping))
