@@ -14,7 +14,6 @@ the key is gone, Redis lost its data, and the rows published in the last
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from sqlalchemy import BigInteger, Engine, Row, Select, any_, bindparam, func, s
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import SQLAlchemyError
 
+from core import jsontext
 from core.settings import get_settings
 from worker import metrics
 from worker.store import bulk
@@ -142,8 +142,8 @@ def _xadd(redis: Redis, stream: str, payloads: Sequence[dict[str, Any]]) -> None
     pipe.execute()
 
 
-def encode(payload: dict[str, Any]) -> str:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+def encode(payload: dict[str, Any]) -> bytes:
+    return jsontext.dumps_bytes(payload)
 
 
 def _observe(rows: Sequence[Row[Any]], path: str) -> None:

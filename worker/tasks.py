@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -13,6 +12,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
+from core import jsontext
 from core.settings import get_settings
 from schemas.commands import InitiateOutbound
 from worker import handlers, relay
@@ -58,7 +58,9 @@ def announce(outcomes: Sequence[Outcome]) -> None:
     pipe = redis_client().pipeline(transaction=False)
     for outcome in outcomes:
         message = {"status": outcome.status, "result": outcome.result, "error": outcome.error}
-        pipe.publish(OUTCOME_CHANNEL_PREFIX + str(outcome.command_id), json.dumps(message))
+        pipe.publish(
+            OUTCOME_CHANNEL_PREFIX + str(outcome.command_id), jsontext.dumps_bytes(message)
+        )
     try:
         pipe.execute()
     except RedisError:

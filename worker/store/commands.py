@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from core import jsontext
 from schemas.commands import InitiateOutbound
 from worker.store import bulk
 from worker.store.tables import commands
@@ -190,10 +191,10 @@ def _outcomes(command_ids: Collection[UUID], rows: Sequence[Any]) -> dict[UUID, 
 def finish(conn: Connection, outcomes: Collection[Outcome]) -> None:
     """Records the outcomes in one UPDATE, whatever their number: they travel as one JSON
     parameter (an executemany would run a statement per command on the server, and binding
-    arrays costs the client more than ``json.dumps``)."""
+    arrays costs the client more than encoding JSON)."""
     if not outcomes:
         return
-    document = json.dumps(
+    document = jsontext.dumps(
         [
             {
                 "id": str(o.command_id),
@@ -203,9 +204,7 @@ def finish(conn: Connection, outcomes: Collection[Outcome]) -> None:
                 "code": o.error["code"] if o.error else None,
             }
             for o in outcomes
-        ],
-        separators=(",", ":"),
-        ensure_ascii=False,
+        ]
     )
     conn.execute(_FINISH, {"outcomes": document})
 

@@ -6,10 +6,16 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psycopg.types.json
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import make_url
 
+from core import jsontext
+
 _engines: dict[tuple[int, str, bool], Engine] = {}
+
+# What COPY (worker.store.bulk) dumps json and jsonb values with.
+psycopg.types.json.set_json_dumps(jsontext.dumps_bytes)
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -29,6 +35,7 @@ def make_engine(url: str, pool_size: int = 5, *, pre_ping: bool = True) -> Engin
         max_overflow=10,
         pool_pre_ping=pre_ping,
         connect_args={"options": "-c timezone=UTC"},
+        json_serializer=jsontext.dumps,
     )
 
 
