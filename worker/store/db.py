@@ -34,7 +34,9 @@ def make_engine(url: str, pool_size: int = 5, *, pre_ping: bool = True) -> Engin
         pool_size=pool_size,
         max_overflow=10,
         pool_pre_ping=pre_ping,
-        connect_args={"options": "-c timezone=UTC"},
+        # No JIT: every statement here is short, and on a table's first estimates (a
+        # campaign's first minute) PostgreSQL compiled a 2 ms read for 5 ms.
+        connect_args={"options": "-c timezone=UTC -c jit=off"},
         json_serializer=jsontext.dumps,
     )
 

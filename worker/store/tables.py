@@ -181,7 +181,6 @@ conversations = Table(
     _same_workspace_fk("agent_id", "agents"),
     _same_workspace_fk("assigned_user_id", "users"),
     _same_workspace_fk("brand_id", "brands"),
-    UniqueConstraint("workspace_id", "id"),
     # Invariant 1: at most one active conversation per (channel, contact).
     Index(
         "uq_conversations_one_active",
@@ -191,7 +190,6 @@ conversations = Table(
         postgresql_where=text("status = 'active'"),
     ),
     Index("ix_conversations_contact_id_seq", "contact_id", "seq"),
-    Index("ix_conversations_channel_id_created_at", "channel_id", "created_at"),
 )
 
 messages = Table(
