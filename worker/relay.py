@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
-from uuid import UUID
 
 import structlog
 from kombu.exceptions import OperationalError as BrokerError
@@ -35,6 +34,7 @@ from core.settings import get_settings
 from worker import metrics
 from worker.store import bulk
 from worker.store.db import get_engine
+from worker.store.outbox import Written
 from worker.store.tables import outbox
 
 logger = structlog.get_logger(__name__)
@@ -53,21 +53,25 @@ MEMORY_CHECK_S = 1.0
 def relay_batch(engine: Engine, redis: Redis, stream: str, limit: int = 500) -> int:
     """Sends the oldest unpublished rows no other relay holds; returns how many."""
     sent = _send(
-        engine, redis, stream, _OLDEST, {"at_most": limit}, lambda row: row.payload, path="sweep"
+        engine,
+        redis,
+        stream,
+        _OLDEST,
+        {"at_most": limit},
+        lambda row: encode(row.payload),
+        path="sweep",
     )
     if sent:
         logger.info("relay.batch_sent", count=sent)
     return sent
 
 
-def publish_now(
-    engine: Engine, redis: Redis, stream: str, payloads: Sequence[dict[str, Any]]
-) -> int:
+def publish_now(engine: Engine, redis: Redis, stream: str, events: Sequence[Written]) -> int:
     """The worker's fast path after its commit: sends these events, as it wrote them to the
     outbox (no read-back), unless another relay holds or sent them already."""
-    if not payloads:
+    if not events:
         return 0
-    by_id = {UUID(payload["id"]): payload for payload in payloads}
+    by_id = {event.id: event.json for event in events}
     named = {"event_ids": list(by_id)}
     return _send(
         engine, redis, stream, _NAMED, named, lambda row: by_id[row.event_id], path="direct"
@@ -121,24 +125,24 @@ def _send(
     stream: str,
     claim: Select[Any],
     params: dict[str, Any],
-    payload_of: Callable[[Row[Any]], dict[str, Any]],
+    json_of: Callable[[Row[Any]], bytes],
     path: str,
 ) -> int:
-    """Claims rows (``claim`` with ``params``), sends their payloads, marks them published."""
+    """Claims rows (``claim`` with ``params``), sends their JSON, marks them published."""
     with engine.begin() as conn:
         rows = conn.execute(claim, params).all()
         if not rows:
             return 0
-        _xadd(redis, stream, [payload_of(row) for row in rows])
+        _xadd(redis, stream, [json_of(row) for row in rows])
         conn.execute(_MARK_PUBLISHED, {"row_ids": [row.id for row in rows]})
     _observe(rows, path)
     return len(rows)
 
 
-def _xadd(redis: Redis, stream: str, payloads: Sequence[dict[str, Any]]) -> None:
+def _xadd(redis: Redis, stream: str, events: Sequence[bytes]) -> None:
     pipe = redis.pipeline(transaction=False)
-    for payload in payloads:
-        pipe.xadd(stream, {EVENT_FIELD: encode(payload)})
+    for json in events:
+        pipe.xadd(stream, {EVENT_FIELD: json})
     pipe.execute()
 
 

@@ -255,7 +255,7 @@ def _statement(sql: str) -> str:
     """``VERB table`` of a statement: the first table after INTO, FROM, UPDATE or JOIN (an
     id list's ``unnest`` and a ``LATERAL`` are not tables)."""
     verb = sql.split(None, 1)[0]
-    names = re.findall(r"(?:INTO|FROM|UPDATE|JOIN)\s+(\w+)", sql)
+    names = re.findall(r"(?:INTO|FROM|UPDATE|JOIN)\s+\"?(\w+)", sql)
     tables = [name for name in names if name not in ("unnest", "LATERAL")]
     return f"{verb} {tables[0] if tables else ''}".strip()
 

@@ -25,6 +25,7 @@ from tests.world import World, body
 from worker.events import rejection_event
 from worker.relay import publish_now, relay_batch
 from worker.store import outbox as outbox_store
+from worker.store.outbox import Written
 from worker.store.tables import outbox
 
 STREAM = "leadscout:events"
@@ -129,7 +130,7 @@ class TestRelayMetrics:
         initiate(world, 1)
         [row] = outbox_rows(engine)
         direct = sample("leadscout_events_relayed_total", path="direct")
-        publish_now(engine, redis, STREAM, [row.payload])
+        publish_now(engine, redis, STREAM, [Written.of(row.payload)])
         assert sample("leadscout_events_relayed_total", path="direct") == direct + 1
 
 
@@ -178,7 +179,7 @@ class TestPublishNow:
         initiate(world, 3)
         rows = outbox_rows(engine)
         first, second, third = (row.event_id for row in rows)
-        assert publish_now(engine, redis, STREAM, [rows[1].payload]) == 1
+        assert publish_now(engine, redis, STREAM, [Written.of(rows[1].payload)]) == 1
         assert [e["id"] for e in stream_events(redis)] == [str(second)]
         assert relay_batch(engine, redis, STREAM) == 2
         assert [e["id"] for e in stream_events(redis)] == [str(second), str(first), str(third)]
@@ -186,8 +187,8 @@ class TestPublishNow:
     def test_an_already_published_event_is_not_sent_again(self, world, engine, redis):
         initiate(world, 1)
         [row] = outbox_rows(engine)
-        publish_now(engine, redis, STREAM, [row.payload])
-        assert publish_now(engine, redis, STREAM, [row.payload]) == 0
+        publish_now(engine, redis, STREAM, [Written.of(row.payload)])
+        assert publish_now(engine, redis, STREAM, [Written.of(row.payload)]) == 0
         assert redis.xlen(STREAM) == 1
 
     def test_no_events_send_nothing(self, world, engine, redis):

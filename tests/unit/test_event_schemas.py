@@ -14,10 +14,12 @@ from jsonschema import Draft202012Validator, FormatChecker
 from schemas.api import InitiateOutboundRequest
 from schemas.commands import InitiateOutbound
 from schemas.errors import ErrorCode
+from schemas.events import Event
 from schemas.export import JSON_DIR
 from worker.events import initiation_event, rejection_event
 from worker.model import Channel, Contact, Template
 from worker.rules import Eligible
+from worker.store.outbox import Written
 
 WORKSPACE = UUID(int=0x3)
 CONTACT = Contact(UUID(int=0xC0), "Luis", "+5215598765432", opted_out=False)
@@ -73,7 +75,12 @@ def initiation(previous_control: str | None, template_body: str) -> dict[str, An
     eligible = Eligible(template, CONTACT, (CHANNEL,), explicit_channel=False)
     cmd = command(template={"templateId": str(template.id), "parameters": parameters})
     event = initiation_event(cmd, eligible, CONVERSATION, previous_control)
-    return dict(event.model_dump(mode="json"))
+    return as_written(event)
+
+
+def as_written(event: Event) -> dict[str, Any]:
+    """The event as its outbox row and stream entry carry it (outbox.add_many's JSON)."""
+    return dict(json.loads(Written.of_event(event).json))
 
 
 def lifecycle_event(name: str) -> dict[str, Any]:
@@ -104,7 +111,7 @@ def real_events() -> dict[str, dict[str, Any]]:
     return {
         "ConversationCreated": initiation(None, "Hola {{1}}, soy {{2}}"),
         "ConversationReused": initiation("human", "Hola {{1}}, soy {{2}}"),
-        "InitiationRejected": rejected.model_dump(mode="json"),
+        "InitiationRejected": as_written(rejected),
         "ConversationHandedOff": lifecycle_event("ConversationHandedOff"),
         "ConversationClosed": lifecycle_event("ConversationClosed"),
     }

@@ -3,13 +3,15 @@ SQLAlchemy transaction, and id lists as one array parameter."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import chain, islice
 from typing import Any
 from uuid import UUID
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 from sqlalchemy import (
     BindParameter,
     Column,
@@ -19,7 +21,6 @@ from sqlalchemy import (
     any_,
     bindparam,
     func,
-    insert,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
@@ -66,11 +67,33 @@ def copy_rows(
     """
     rows = iter(rows)
     first = list(islice(rows, FEW_ROWS + 1))
-    if len(first) <= FEW_ROWS:
-        if first:
-            conn.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in first])
-        return len(first)
-    return _copy(conn, table, columns, chain(first, rows))
+    if not first:
+        return 0
+    with _as_sqlalchemy_errors(table):
+        if len(first) <= FEW_ROWS:
+            return _insert(conn, table, columns, first)
+        return _copy(conn, table, columns, chain(first, rows))
+
+
+def _insert(
+    conn: Connection, table: Table, columns: Sequence[str], rows: list[Sequence[Any]]
+) -> int:
+    """One multi-row INSERT, its values adapted by psycopg as COPY's are."""
+    as_json = [type_name(conn, table.c[name]) in ("json", "jsonb") for name in columns]
+    values = [
+        Jsonb(value) if json and value is not None and not isinstance(value, Jsonb) else value
+        for row in rows
+        for value, json in zip(row, as_json, strict=True)
+    ]
+    row = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(columns)))
+    statement = sql.SQL("INSERT INTO {} ({}) VALUES {}").format(
+        sql.Identifier(table.name),
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(", ").join([row] * len(rows)),
+    )
+    # Through SQLAlchemy (its events see it, its errors wrap psycopg's), values as they are.
+    conn.exec_driver_sql(statement.as_string(driver(conn)), tuple(values))
+    return len(rows)
 
 
 def _copy(
@@ -80,18 +103,23 @@ def _copy(
         sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, columns))
     )
     count = 0
-    try:
-        with driver(conn).cursor() as cursor, cursor.copy(statement) as copy:
-            # Binary COPY needs the types up front.
-            copy.set_types([type_name(conn, table.c[name]) for name in columns])
-            for row in rows:
-                copy.write_row(row)
-                count += 1
-    except psycopg.Error as error:
-        # What SQLAlchemy raises for the same failure of an INSERT (IntegrityError,
-        # OperationalError...), so that callers and retries treat both alike.
-        raise DBAPIError.instance(f"COPY {table.name}", None, error, psycopg.Error) from error
+    with driver(conn).cursor() as cursor, cursor.copy(statement) as copy:
+        # Binary COPY needs the types up front.
+        copy.set_types([type_name(conn, table.c[name]) for name in columns])
+        for row in rows:
+            copy.write_row(row)
+            count += 1
     return count
+
+
+@contextmanager
+def _as_sqlalchemy_errors(table: Table) -> Iterator[None]:
+    """What SQLAlchemy raises for the same failure of its own INSERT (IntegrityError,
+    OperationalError...), so that callers and retries treat every write alike."""
+    try:
+        yield
+    except psycopg.Error as error:
+        raise DBAPIError.instance(f"write {table.name}", None, error, psycopg.Error) from error
 
 
 def type_name(conn: Connection, column: Column[Any]) -> str:
