@@ -23,3 +23,7 @@ class InitiateOutbound(CamelModel):
         (``model_validate``) and dumping with ``exclude_unset`` gives back what was sent.
         """
         return self.model_dump(mode="json", exclude_unset=True)
+
+    def to_json(self) -> bytes:
+        """``to_message`` as JSON text, encoded by pydantic directly."""
+        return self.model_dump_json(exclude_unset=True).encode()

@@ -19,7 +19,6 @@ from tests.processes import wait_until
 from tests.world import World, body
 from worker.store import batches, bulk
 from worker.store.batches import NewBatch, StoredBatch
-from worker.store.commands import request_hash
 from worker.store.tables import batches as batch_rows
 from worker.store.tables import commands
 
@@ -97,7 +96,7 @@ def counting_statements(engine: Engine) -> Iterator[list[str]]:
 class TestRecord:
     """The batch row and its commands go in one transaction, the commands in one statement."""
 
-    def test_rows_are_the_batch_and_its_commands_as_single_intake_writes_them(self, engine, world):
+    def test_rows_are_the_batch_and_its_commands_with_the_batch_request_hash(self, engine, world):
         batch = new_batch(world)
 
         assert record(engine, batch, key=None) is None
@@ -113,9 +112,8 @@ class TestRecord:
         ] == [
             (c.command_id, world.workspace_id, None, "accepted", c.to_message()) for c in expected
         ]
-        assert [row.request_hash for row in rows] == [
-            request_hash(c.to_message()["request"]) for c in expected
-        ]
+        # The request that made each command: the batch body (its hash is "h1" here).
+        assert [row.request_hash for row in rows] == ["h1", "h1", "h1"]
 
     def test_twelve_hundred_commands_take_one_copy_and_no_insert(self, engine, world, monkeypatch):
         batch = new_batch(world, size=1200)

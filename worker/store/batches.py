@@ -46,7 +46,7 @@ def record(conn: Connection, batch: NewBatch, idempotency_key: str | None) -> St
         conn.execute(insert(batches).values(_row(batch, None)))
     elif (holder := _claim(conn, batch, idempotency_key)) is not None:
         return holder
-    command_log.record_batch(conn, batch.id, batch.commands)
+    command_log.record_batch(conn, batch.id, batch.request_hash, batch.commands)
     return None
 
 

@@ -42,6 +42,15 @@ def wanted_ids(name: str, column: str = "id") -> Any:
     return func.unnest(id_array(name)).table_valued(column).render_derived(name="wanted")
 
 
+def encoded_json(text: bytes) -> Jsonb:
+    """A json or jsonb value already encoded as JSON text, for ``copy_rows`` to send as is."""
+    return Jsonb(text, dumps=_as_is)
+
+
+def _as_is(text: bytes) -> bytes:
+    return text
+
+
 def id_array(name: str) -> BindParameter[Any]:
     """An array-of-uuid parameter bound at execution, for statements built once at import:
     building a statement costs the client more than executing it."""

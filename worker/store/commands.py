@@ -78,12 +78,27 @@ _RECORD = insert(commands)
 _BATCH_COLUMNS = ["id", "workspace_id", "idempotency_key", "request_hash", "payload", "batch_id"]
 
 
-def record_batch(conn: Connection, batch_id: UUID, batch: Sequence[InitiateOutbound]) -> None:
-    """Records a batch's commands in one write (``bulk.copy_rows``), each row as ``record``
-    writes it; the Idempotency-Key belongs to the batch, not to its commands."""
-    rows = (_row(command, None, None, batch_id) for command in batch)
+def record_batch(
+    conn: Connection, batch_id: UUID, batch_hash: str, batch: Sequence[InitiateOutbound]
+) -> None:
+    """Records a batch's commands in one write (``bulk.copy_rows``). The Idempotency-Key
+    belongs to the batch, not to its commands; so does the request hash each row carries:
+    the batch body's, the request that made the command."""
     bulk.copy_rows(
-        conn, commands, _BATCH_COLUMNS, ([row[c] for c in _BATCH_COLUMNS] for row in rows)
+        conn,
+        commands,
+        _BATCH_COLUMNS,
+        (
+            (
+                c.command_id,
+                c.workspace_id,
+                None,
+                batch_hash,
+                bulk.encoded_json(c.to_json()),
+                batch_id,
+            )
+            for c in batch
+        ),
     )
 
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from psycopg.types.json import Jsonb
 from sqlalchemy import Connection
 
 from core import jsontext
@@ -48,13 +47,8 @@ def add_many(conn: Connection, events: Sequence[tuple[Event, UUID | None]]) -> l
         outbox,
         columns,
         (
-            (event.id, event.type, event.workspaceid, command_id, Jsonb(row.json, dumps=_as_is))
+            (event.id, event.type, event.workspaceid, command_id, bulk.encoded_json(row.json))
             for (event, command_id), row in zip(events, written, strict=True)
         ),
     )
     return written
-
-
-def _as_is(json: bytes) -> bytes:
-    """The ``dumps`` of JSON already encoded."""
-    return json
