@@ -113,17 +113,36 @@ def initiate_chunk(chunk: Sequence[InitiateOutbound], deps: Deps) -> list[Outcom
     return [outcomes[command.command_id] for command in chunk]
 
 
+def initiate_recorded(command_ids: Sequence[UUID], deps: Deps) -> list[Outcome]:
+    """A campaign chunk by its ids: ``initiate_chunk`` for the recorded commands, read in
+    the same statement that marks them processing (unknown ids are skipped)."""
+    with autocommit(deps.engine) as conn:
+        chunk, outcomes = commands.take(conn, command_ids)
+    if missing := len(command_ids) - len(chunk) - len(outcomes):
+        logger.error("initiation.unknown_commands", missing=missing)
+    if outcomes:
+        logger.info("initiation.duplicate_delivery", commands=len(outcomes))
+    for workspace_commands in _by_workspace(chunk):
+        outcomes.update(_initiate(workspace_commands, deps, processing=True))
+    return list(outcomes.values())
+
+
 def _by_workspace(chunk: Sequence[InitiateOutbound]) -> Iterator[list[InitiateOutbound]]:
     ordered = sorted(chunk, key=lambda command: str(command.workspace_id))
     for _, group in groupby(ordered, key=lambda command: command.workspace_id):
         yield list(group)
 
 
-def _initiate(chunk: list[InitiateOutbound], deps: Deps, backlog: int = 0) -> dict[UUID, Outcome]:
+def _initiate(
+    chunk: list[InitiateOutbound], deps: Deps, backlog: int = 0, processing: bool = False
+) -> dict[UUID, Outcome]:
+    """``processing``: the commands were marked processing as they were read."""
     workspace_id = chunk[0].workspace_id
     # Each statement stands alone: the claim under the channel locks settles any race.
     with autocommit(deps.engine) as conn:
-        outcomes = commands.mark_processing(conn, [c.command_id for c in chunk])
+        outcomes = (
+            {} if processing else commands.mark_processing(conn, [c.command_id for c in chunk])
+        )
         if outcomes:
             logger.info("initiation.duplicate_delivery", commands=len(outcomes))
         todo = [command for command in chunk if command.command_id not in outcomes]

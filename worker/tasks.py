@@ -19,7 +19,6 @@ from worker import handlers, relay
 from worker.celery_app import app
 from worker.locks import LockWaitTimeout
 from worker.runtime import handler_deps, redis_client
-from worker.store import commands
 from worker.store.commands import Outcome, UnknownCommand
 
 logger = structlog.get_logger(__name__)
@@ -104,11 +103,7 @@ def initiate_chunk(command_ids: list[str]) -> None:
     """A campaign chunk (SPEC 4.3): the commands are read from their durable rows."""
     _yield_to_single_initiations()
     deps = handler_deps()
-    with deps.engine.connect() as conn:
-        chunk = commands.load(conn, [UUID(command_id) for command_id in command_ids])
-    if len(chunk) < len(command_ids):
-        logger.error("initiation.unknown_commands", missing=len(command_ids) - len(chunk))
-    outcomes = handlers.initiate_chunk(chunk, deps)
+    outcomes = handlers.initiate_recorded([UUID(command_id) for command_id in command_ids], deps)
     # No announce: nobody waits in sync mode for a batch item (SPEC 4.3 answers 202).
     _send_events_now(deps.engine, outcomes)
 

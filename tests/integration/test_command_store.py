@@ -216,17 +216,36 @@ class TestFinish:
             assert conn.execute(query).one() == ("succeeded", True, True)
 
 
-class TestLoad:
-    """A chunk task reads its commands back from their rows, in the order it names them."""
+class TestTake:
+    """A chunk task reads its commands back from their rows, in the order it names them, and
+    marks them processing in the same statement."""
 
     def test_in_the_named_order_as_recorded_and_unknown_ids_skipped(self, engine, redis):
         world = World(engine, redis)
         first = world.command(**body(uuid4(), uuid4(), campaignId="spring"))
         second = world.command(**body(uuid4(), uuid4(), parameters=[], forceSend=True))
-        with engine.connect() as conn:
-            loaded = commands.load(conn, [second.command_id, uuid4(), first.command_id])
+        with engine.begin() as conn:
+            taken, finished = commands.take(conn, [second.command_id, uuid4(), first.command_id])
 
-        assert [c.to_message() for c in loaded] == [second.to_message(), first.to_message()]
+        assert [c.to_message() for c in taken] == [second.to_message(), first.to_message()]
+        assert finished == {}
+        with engine.connect() as conn:
+            statuses = conn.execute(select(command_rows.c.status)).scalars().all()
+        assert statuses == ["processing", "processing"]
+
+    def test_a_finished_command_comes_back_as_its_outcome_not_as_work(self, engine, redis):
+        world = World(engine, redis)
+        done, waiting = (world.command(**body(uuid4(), uuid4())) for _ in range(2))
+        problem = {"code": "ContactNotFound", "status": 404}
+        with engine.begin() as conn:
+            commands.finish(conn, [commands.Outcome(done.command_id, "failed", error=problem)])
+        with engine.begin() as conn:
+            taken, finished = commands.take(conn, [done.command_id, waiting.command_id])
+
+        assert [c.command_id for c in taken] == [waiting.command_id]
+        assert finished == {
+            done.command_id: commands.Outcome(done.command_id, "failed", error=problem)
+        }
 
 
 class TestFindAnswersTheOutcome:

@@ -128,15 +128,17 @@ def _command(payload: str) -> InitiateOutbound:
     return InitiateOutbound.model_validate_json(payload)
 
 
-_MARK_PROCESSING = (
+_TO_PROCESSING = (
     update(commands)
     .where(commands.c.id == any_(bulk.id_array("ids")))
     .values(
         status=case((commands.c.status == "accepted", "processing"), else_=commands.c.status),
         updated_at=func.now(),
     )
-    .returning(commands.c.id, commands.c.status, commands.c.result, commands.c.error)
 )
+_OUTCOME_COLUMNS = (commands.c.id, commands.c.status, commands.c.result, commands.c.error)
+_MARK_PROCESSING = _TO_PROCESSING.returning(*_OUTCOME_COLUMNS)
+_TAKE = _TO_PROCESSING.returning(*_OUTCOME_COLUMNS, _PAYLOAD_TEXT)
 
 
 def mark_processing(conn: Connection, command_ids: Collection[UUID]) -> dict[UUID, Outcome]:
@@ -146,6 +148,19 @@ def mark_processing(conn: Connection, command_ids: Collection[UUID]) -> dict[UUI
     """
     rows = conn.execute(_MARK_PROCESSING, {"ids": list(command_ids)}).all()
     return _outcomes(command_ids, rows)
+
+
+def take(
+    conn: Connection, command_ids: Sequence[UUID]
+) -> tuple[list[InitiateOutbound], dict[UUID, Outcome]]:
+    """A campaign chunk's read, in one statement: moves the accepted commands among
+    ``command_ids`` to processing and returns the unfinished ones, in that order, with the
+    outcomes of those already finished (a redelivery). Unknown ids are skipped."""
+    rows = {row.id: row for row in conn.execute(_TAKE, {"ids": list(command_ids)})}
+    known = [rows[command_id] for command_id in command_ids if command_id in rows]
+    finished = _outcomes([row.id for row in known], known)
+    todo = [_command(row.payload) for row in known if row.id not in finished]
+    return todo, finished
 
 
 _WAITING = (
@@ -239,8 +254,8 @@ _FINISH = text(
     "UPDATE commands SET status = outcome.status, result = outcome.result,"
     " error = outcome.error, error_code = outcome.code,"
     " updated_at = now(), completed_at = now()"
-    " FROM jsonb_to_recordset(CAST(:outcomes AS jsonb))"
-    " AS outcome(id uuid, status text, result jsonb, error jsonb, code text)"
+    " FROM json_to_recordset(CAST(:outcomes AS json))"
+    " AS outcome(id uuid, status text, result json, error json, code text)"
     " WHERE commands.id = outcome.id"
 )
 
@@ -332,15 +347,6 @@ def discard(conn: Connection, command_id: UUID) -> None:
     conn.execute(
         delete(commands).where(commands.c.id == command_id, commands.c.status == "accepted")
     )
-
-
-def load(conn: Connection, command_ids: Sequence[UUID]) -> list[InitiateOutbound]:
-    """The recorded commands among ``command_ids``, in that order (unknown ids are skipped)."""
-    rows = conn.execute(
-        select(commands.c.id, _PAYLOAD_TEXT).where(bulk.any_of(commands.c.id, command_ids))
-    ).all()
-    by_id = {row.id: row.payload for row in rows}
-    return [_command(by_id[command_id]) for command_id in command_ids if command_id in by_id]
 
 
 def find_any(conn: Connection, command_id: UUID) -> StoredCommand | None:

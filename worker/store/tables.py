@@ -25,11 +25,15 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import JSON, JSONB, UUID
 from sqlalchemy.sql.schema import SchemaItem
 
 # Python None must be SQL NULL, not JSON 'null', for IS NULL checks to mean "absent".
 NullableJSONB = JSONB(none_as_null=True)
+# Documents stored to be read back whole, never queried inside: ``json`` keeps their text
+# (validated on the way in) where ``jsonb`` would decompose every one and rebuild its text
+# on every read.
+StoredJSON = JSON(none_as_null=True)
 
 metadata = MetaData(
     naming_convention={
@@ -259,10 +263,10 @@ commands = Table(
     _workspace_id(),
     Column("idempotency_key", String(255), nullable=True),
     Column("request_hash", String(64), nullable=False),
-    Column("payload", JSONB, nullable=False),
+    Column("payload", StoredJSON, nullable=False),
     Column("status", String(16), nullable=False, server_default="accepted"),
-    Column("result", NullableJSONB, nullable=True),
-    Column("error", NullableJSONB, nullable=True),
+    Column("result", StoredJSON, nullable=True),
+    Column("error", StoredJSON, nullable=True),
     Column("error_code", String(64), nullable=True),
     Column("batch_id", UUID(as_uuid=True), ForeignKey("batches.id"), nullable=True),
     _created_at(),
@@ -330,7 +334,7 @@ outbox = Table(
     Column("event_type", String(64), nullable=False),
     Column("workspace_id", UUID(as_uuid=True), nullable=False),
     Column("command_id", UUID(as_uuid=True), nullable=True),
-    Column("payload", JSONB, nullable=False),
+    Column("payload", StoredJSON, nullable=False),
     _created_at(),
     Column("published_at", DateTime(timezone=True), nullable=True),
     Index("ix_outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),
