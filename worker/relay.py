@@ -25,7 +25,8 @@ from kombu.exceptions import OperationalError as BrokerError
 from prometheus_client import start_http_server
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import Engine, Row, Update, any_, bindparam, func, select, update
+from sqlalchemy import BigInteger, Engine, Row, Select, any_, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import SQLAlchemyError
 
 from core import jsontext
@@ -97,49 +98,43 @@ def replay_after_data_loss(
     return int(replayed)
 
 
-def _take(*columns: Any, where: Any = None, limit: bool = False) -> Update:
-    """Marks published, and returns, the unpublished rows (``where``; the oldest
-    ``:at_most`` with ``limit``) that no other relay holds. The caller commits only once
-    the rows are on the stream: a failed send leaves them unpublished."""
-    held = (
-        select(outbox.c.id)
-        .where(outbox.c.published_at.is_(None), *([] if where is None else [where]))
+def _unpublished(*columns: Any) -> Select[Any]:
+    lag_s = func.extract("epoch", func.clock_timestamp() - outbox.c.created_at)
+    return (
+        select(outbox.c.id, *columns, lag_s.label("lag_s"))
+        .where(outbox.c.published_at.is_(None))
         .order_by(outbox.c.id)
         .with_for_update(skip_locked=True)
     )
-    if limit:
-        held = held.limit(bindparam("at_most"))
-    # Evaluated once: as a subquery, the plan may run it again (see commands.take_stale).
-    held_rows = held.cte("held").prefix_with("MATERIALIZED")
-    lag_s = func.extract("epoch", func.clock_timestamp() - outbox.c.created_at)
-    return (
-        update(outbox)
-        .where(outbox.c.id == held_rows.c.id)
-        .values(published_at=func.now())
-        .returning(outbox.c.id, *columns, lag_s.label("lag_s"))
-    )
 
 
-_OLDEST = _take(outbox.c.payload, limit=True)
-_NAMED = _take(outbox.c.event_id, where=outbox.c.event_id == any_(bulk.id_array("event_ids")))
+_OLDEST = _unpublished(outbox.c.payload).limit(bindparam("at_most"))
+_NAMED = _unpublished(outbox.c.event_id).where(
+    outbox.c.event_id == any_(bulk.id_array("event_ids"))
+)
+_MARK_PUBLISHED = (
+    update(outbox)
+    .where(outbox.c.id == any_(bindparam("row_ids", type_=ARRAY(BigInteger))))
+    .values(published_at=func.now())
+)
 
 
 def _send(
     engine: Engine,
     redis: Redis,
     stream: str,
-    take: Update,
+    claim: Select[Any],
     params: dict[str, Any],
     json_of: Callable[[Row[Any]], bytes],
     path: str,
 ) -> int:
-    """Takes rows (``take`` with ``params``) and sends their JSON, in one transaction."""
+    """Claims rows (``claim`` with ``params``), sends their JSON, marks them published."""
     with engine.begin() as conn:
-        # RETURNING follows no order: the stream gets them in outbox order.
-        rows = sorted(conn.execute(take, params).all(), key=lambda row: row.id)
+        rows = conn.execute(claim, params).all()
         if not rows:
             return 0
         _xadd(redis, stream, [json_of(row) for row in rows])
+        conn.execute(_MARK_PUBLISHED, {"row_ids": [row.id for row in rows]})
     _observe(rows, path)
     return len(rows)
 
