@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from sqlalchemy import Connection, RowMapping, any_, bindparam, func, select, text, true, update
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from worker.model import Conversation
@@ -39,7 +40,7 @@ _WANTED = bulk.wanted_ids("contact_ids", "contact_id")
 _LATEST = (
     select(*_CONVERSATION_FIELDS)
     .where(conversations.c.contact_id == _WANTED.c.contact_id)
-    .distinct(conversations.c.channel_id)
+    .ext(distinct_on(conversations.c.channel_id))
     .order_by(conversations.c.channel_id, conversations.c.seq.desc())
     .lateral("latest")
 )
