@@ -25,11 +25,10 @@ from kombu.exceptions import OperationalError as BrokerError
 from prometheus_client import start_http_server
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import BigInteger, Engine, Row, Select, any_, bindparam, func, select, update
+from sqlalchemy import BigInteger, Engine, Row, Select, Text, any_, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import jsontext
 from core.settings import get_settings
 from worker import metrics
 from worker.store import bulk
@@ -58,7 +57,7 @@ def relay_batch(engine: Engine, redis: Redis, stream: str, limit: int = 500) -> 
         stream,
         _OLDEST,
         {"at_most": limit},
-        lambda row: encode(row.payload),
+        lambda row: row.payload.encode(),
         path="sweep",
     )
     if sent:
@@ -108,7 +107,8 @@ def _unpublished(*columns: Any) -> Select[Any]:
     )
 
 
-_OLDEST = _unpublished(outbox.c.payload).limit(bindparam("at_most"))
+# The payload's text as stored (json keeps it verbatim): sent as is, not parsed and encoded.
+_OLDEST = _unpublished(outbox.c.payload.cast(Text).label("payload")).limit(bindparam("at_most"))
 _NAMED = _unpublished(outbox.c.event_id).where(
     outbox.c.event_id == any_(bulk.id_array("event_ids"))
 )
@@ -144,10 +144,6 @@ def _xadd(redis: Redis, stream: str, events: Sequence[bytes]) -> None:
     for json in events:
         pipe.xadd(stream, {EVENT_FIELD: json})
     pipe.execute()
-
-
-def encode(payload: dict[str, Any]) -> bytes:
-    return jsontext.dumps_bytes(payload)
 
 
 def _observe(rows: Sequence[Row[Any]], path: str) -> None:

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 from sqlalchemy import (
     BindParameter,
     Column,
@@ -42,9 +42,10 @@ def wanted_ids(name: str, column: str = "id") -> Any:
     return func.unnest(id_array(name)).table_valued(column).render_derived(name="wanted")
 
 
-def encoded_json(text: bytes) -> Jsonb:
-    """A json or jsonb value already encoded as JSON text, for ``copy_rows`` to send as is."""
-    return Jsonb(text, dumps=_as_is)
+def encoded_json(text: bytes) -> Json:
+    """A json value already encoded as JSON text, for ``copy_rows`` to send as is (a json
+    column keeps it verbatim)."""
+    return Json(text, dumps=_as_is)
 
 
 def _as_is(text: bytes) -> bytes:
@@ -88,11 +89,11 @@ def _insert(
     conn: Connection, table: Table, columns: Sequence[str], rows: list[Sequence[Any]]
 ) -> int:
     """One multi-row INSERT, its values adapted by psycopg as COPY's are."""
-    as_json = [type_name(conn, table.c[name]) in ("json", "jsonb") for name in columns]
+    wrappers = [_JSON_WRAPPERS.get(type_name(conn, table.c[name])) for name in columns]
     values = [
-        Jsonb(value) if json and value is not None and not isinstance(value, Jsonb) else value
+        wrap(value) if wrap and value is not None and not isinstance(value, Json | Jsonb) else value
         for row in rows
-        for value, json in zip(row, as_json, strict=True)
+        for value, wrap in zip(row, wrappers, strict=True)
     ]
     row = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(columns)))
     statement = sql.SQL("INSERT INTO {} ({}) VALUES {}").format(
@@ -103,6 +104,10 @@ def _insert(
     # Through SQLAlchemy (its events see it, its errors wrap psycopg's), values as they are.
     conn.exec_driver_sql(statement.as_string(driver(conn)), tuple(values))
     return len(rows)
+
+
+# A dict or list bound to a json or jsonb column: psycopg adapts it only wrapped.
+_JSON_WRAPPERS: dict[str, type[Json] | type[Jsonb]] = {"json": Json, "jsonb": Jsonb}
 
 
 def _copy(

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Connection
 
-from core import jsontext
 from schemas.events import Event
 from worker.store import bulk
 from worker.store.tables import outbox
@@ -22,10 +20,6 @@ class Written:
 
     id: UUID
     json: bytes
-
-    @classmethod
-    def of(cls, payload: dict[str, Any]) -> Written:
-        return cls(UUID(payload["id"]), jsontext.dumps_bytes(payload))
 
     @classmethod
     def of_event(cls, event: Event) -> Written:
