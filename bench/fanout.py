@@ -22,7 +22,8 @@ Printed:
   to its end.
 Last line: `rate=<initiations/s> ceiling=<no-op tasks/s> ratio=<rate/ceiling>`.
 
-`--profile [FILE]` records the (first) worker and its pool with py-spy, if it is in .venv.
+`--profile [FILE]` records the (first) campaign worker and its pool with py-spy, if it is in
+.venv: a flame graph, or collapsed stacks for a FILE ending in .txt.
 `--api-url URL` runs only the campaign, on a running stack whose servers are
 LEADSCOUT_DATABASE_URL / LEADSCOUT_REDIS_URL (no migration, no ceiling): bench/api.py uses it.
 """
@@ -450,7 +451,9 @@ def _profiled(output: str | None, stack: Stack | None, folder: Path) -> Iterator
         return
     worker = stack.processes[next(n for n in stack.workers() if n.startswith("worker.campaign"))]
     output = str(Path(output).resolve())
-    command = [str(PY_SPY), "record", "--pid", str(worker.pid), "--subprocesses", "-o", output]
+    command = [str(PY_SPY), "record", "--pid", str(worker.pid), "--subprocesses", "--gil", "-o", output]
+    if output.endswith(".txt"):  # collapsed stacks, for reading as text
+        command += ["--format", "raw"]
     with started(command, dict(os.environ), folder / "py-spy.log", stop=signal.SIGINT):
         yield
     progress(f"fanout: worker profile written to {output}")

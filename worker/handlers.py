@@ -36,7 +36,6 @@ from sqlalchemy.exc import IntegrityError
 from schemas.api import InitiateOutboundRequest
 from schemas.commands import InitiateOutbound
 from schemas.errors import Rejection
-from schemas.events import Event
 from worker import metrics, rules
 from worker.events import initiation_event, rejection_event
 from worker.locks import ChannelLocks
@@ -354,7 +353,7 @@ def _append_messages(
 ) -> dict[UUID, Outcome]:
     """Each command's template message and follow-ups, its event and its outcome."""
     messages, follow_ups = [], []
-    events: list[tuple[Event, UUID | None]] = []
+    events: list[tuple[outbox.Written, UUID | None]] = []
     results: list[tuple[UUID, dict[str, Any]]] = []
     for item in items:
         command, eligible = item.command, item.eligible

@@ -106,8 +106,12 @@ class ContactState:
             (c for c in self.conversations if c.active and c.channel_id == channel_id), None
         )
 
-    def last_seq_on(self, channel_id: UUID) -> int | None:
-        return max((c.seq for c in self.conversations if c.channel_id == channel_id), default=None)
+    def last_seq_by_channel(self) -> dict[UUID, int]:
+        """The latest conversation's ``seq`` on each channel the contact was reached on."""
+        latest: dict[UUID, int] = {}
+        for c in self.conversations:
+            latest[c.channel_id] = max(c.seq, latest.get(c.channel_id, c.seq))
+        return latest
 
     def remaining_quota(self, channel: Channel) -> int:
         return channel.daily_limit - self.opened_last_24h.get(channel.id, 0)

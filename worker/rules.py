@@ -119,10 +119,13 @@ def _check_handoff_user(request: InitiateOutboundRequest, catalog: Catalog) -> N
 def order_candidates(candidates: tuple[Channel, ...], state: ContactState) -> list[Channel]:
     """Sticky (most recent first), then priority, then most remaining quota, then id."""
 
-    def key(channel: Channel) -> tuple[int, int, int, int, str]:
-        last_seq = state.last_seq_on(channel.id)
+    last_seqs = state.last_seq_by_channel()
+
+    def key(channel: Channel) -> tuple[int, int, int, int, int]:
+        last_seq = last_seqs.get(channel.id)
         sticky = (0, -last_seq) if last_seq is not None else (1, 0)
-        return (*sticky, channel.priority, -state.remaining_quota(channel), str(channel.id))
+        # The id's number orders as its canonical text does, without formatting it.
+        return (*sticky, channel.priority, -state.remaining_quota(channel), channel.id.int)
 
     return sorted(candidates, key=key)
 

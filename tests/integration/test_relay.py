@@ -41,13 +41,21 @@ def stream_events(redis: Redis) -> list[dict[str, Any]]:
 
 def outbox_rows(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
-        query = select(outbox.c.event_id, outbox.c.payload, outbox.c.published_at)
+        query = select(
+            outbox.c.event_id,
+            outbox.c.event_type,
+            outbox.c.workspace_id,
+            outbox.c.payload,
+            outbox.c.published_at,
+        )
         return list(conn.execute(query.order_by(outbox.c.id)))
 
 
 def written(row: Any) -> Written:
     """An outbox row as the worker's fast path holds it after its write."""
-    return Written(row.event_id, jsontext.dumps_bytes(row.payload))
+    return Written(
+        row.event_id, row.event_type, row.workspace_id, jsontext.dumps_bytes(row.payload)
+    )
 
 
 def unpublished(engine: Engine) -> int:
@@ -74,7 +82,7 @@ def insert_rejections(engine: Engine, workspace_id: UUID, count: int) -> None:
                 }
             )
             event = rejection_event(command, ErrorCode.CONTACT_NOT_FOUND)
-            outbox_store.add(conn, event, command.command_id)
+            outbox_store.add_many(conn, [(event, command.command_id)])
 
 
 @pytest.fixture

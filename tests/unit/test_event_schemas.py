@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from schemas.api import InitiateOutboundRequest
 from schemas.commands import InitiateOutbound
 from schemas.errors import ErrorCode
-from schemas.events import Event
+from schemas.events import ConversationCreated, ConversationReused, InitiationRejected
 from schemas.export import JSON_DIR
 from worker.events import initiation_event, rejection_event
 from worker.model import Channel, Contact, Template
@@ -74,13 +74,12 @@ def initiation(previous_control: str | None, template_body: str) -> dict[str, An
     parameters = ["Luis", "Ana"] if "{{" in template_body else []
     eligible = Eligible(template, CONTACT, (CHANNEL,), explicit_channel=False)
     cmd = command(template={"templateId": str(template.id), "parameters": parameters})
-    event = initiation_event(cmd, eligible, CONVERSATION, previous_control)
-    return as_written(event)
+    return as_sent(initiation_event(cmd, eligible, CONVERSATION, previous_control))
 
 
-def as_written(event: Event) -> dict[str, Any]:
+def as_sent(event: Written) -> dict[str, Any]:
     """The event as its outbox row and stream entry carry it (outbox.add_many's JSON)."""
-    return dict(json.loads(Written.of_event(event).json))
+    return dict(json.loads(event.json))
 
 
 def lifecycle_event(name: str) -> dict[str, Any]:
@@ -111,7 +110,7 @@ def real_events() -> dict[str, dict[str, Any]]:
     return {
         "ConversationCreated": initiation(None, "Hola {{1}}, soy {{2}}"),
         "ConversationReused": initiation("human", "Hola {{1}}, soy {{2}}"),
-        "InitiationRejected": as_written(rejected),
+        "InitiationRejected": as_sent(rejected),
         "ConversationHandedOff": lifecycle_event("ConversationHandedOff"),
         "ConversationClosed": lifecycle_event("ConversationClosed"),
     }
@@ -148,6 +147,48 @@ class TestRealEventsValidate:
 
         assert "components" not in event["data"]["message"]["template"]
         assert errors_of("ConversationCreated", event) == []
+
+
+class TestBuiltAsTheModelsWriteThem:
+    """worker.events skips the models for speed: what it writes must be exactly what the
+    models write for the same event (members, their order, and every value's format)."""
+
+    @pytest.mark.parametrize("parameters", [[], ["Luis", "Ana"]])
+    @pytest.mark.parametrize("previous_control", [None, "ai", "human"])
+    @pytest.mark.parametrize("brand_id", [None, UUID(int=0xB1)])
+    @pytest.mark.parametrize(
+        "extra",
+        [{}, {"campaignId": "spring", "additionalMessages": [{"type": "text", "text": "hi"}]}],
+    )
+    def test_initiation_events(
+        self,
+        parameters: list[str],
+        previous_control: str | None,
+        brand_id: UUID | None,
+        extra: dict[str, Any],
+    ) -> None:
+        body = "Hola {{1}}, soy {{2}}" if parameters else "Hola"
+        template = Template(UUID(int=0x7E), "welcome_v2", "es_MX", "MARKETING", "APPROVED", body)
+        eligible = Eligible(template, CONTACT, (CHANNEL,), explicit_channel=False)
+        cmd = command(template={"templateId": str(template.id), "parameters": parameters}, **extra)
+        conversation = CONVERSATION | {"brand_id": brand_id}
+        event = initiation_event(cmd, eligible, conversation, previous_control)
+
+        model = ConversationCreated if previous_control is None else ConversationReused
+        assert event.type == model.model_fields["type"].default
+        assert (event.id, event.workspace_id) == (UUID(as_sent(event)["id"]), WORKSPACE)
+        assert model.model_validate_json(event.json).model_dump_json().encode() == event.json
+
+    @pytest.mark.parametrize("campaign_id", [None, "spring"])
+    @pytest.mark.parametrize("code", [ErrorCode.CONTACT_OPTED_OUT, ErrorCode.TEMPLATE_NOT_FOUND])
+    def test_rejection_events(self, campaign_id: str | None, code: ErrorCode) -> None:
+        event = rejection_event(command(campaignId=campaign_id), code)
+
+        assert event.type == "leadscout.initiation.rejected"
+        assert as_sent(event)["data"]["code"] == code.value
+        assert InitiationRejected.model_validate_json(event.json).model_dump_json().encode() == (
+            event.json
+        )
 
 
 class TestEnvelopeSchema:

@@ -12,6 +12,7 @@ from uuid import UUID
 from hypothesis import given
 from hypothesis import strategies as st
 
+from schemas.events import WhatsAppTemplateMessage
 from tests.unit.hostile import SETTINGS, STORABLE_CHARS, TRICKY, storable_text
 from worker.events import whatsapp_message
 from worker.model import Contact, Template
@@ -133,7 +134,7 @@ class TestWhatsAppPayload:
         subject = template(built(parts, tail)[0])
         used = params[: subject.placeholder_count]
 
-        payload = whatsapp_message(CONTACT, subject, used).model_dump(mode="json")
+        payload = whatsapp_message(CONTACT, subject, used)
 
         expected_template: dict[str, Any] = {"name": "welcome_v2", "language": {"code": "es_MX"}}
         if used:
@@ -146,3 +147,4 @@ class TestWhatsAppPayload:
             "template": expected_template,
         }
         assert json.loads(json.dumps(payload, ensure_ascii=False).encode()) == payload
+        assert WhatsAppTemplateMessage.model_validate(payload).model_dump(mode="json") == payload

@@ -367,11 +367,16 @@ class TestContactState:
         assert state(closed).active_on(a.id) is None
         assert state(closed, active).active_on(a.id) == active
 
-    def test_last_seq_on_is_the_highest_or_none(self) -> None:
-        a, b = channel(1), channel(2)
-        history = state(conversation(1, a, seq=4), conversation(2, a, seq=9, status="closed"))
+    def test_last_seq_by_channel_is_the_highest_of_each_channel_reached(self) -> None:
+        a, b, c = channel(1), channel(2), channel(3)
+        history = state(
+            conversation(1, a, seq=9, status="closed"),
+            conversation(2, a, seq=4),
+            conversation(3, b, seq=5),
+        )
 
-        assert (history.last_seq_on(a.id), history.last_seq_on(b.id)) == (9, None)
+        assert history.last_seq_by_channel() == {a.id: 9, b.id: 5}
+        assert c.id not in history.last_seq_by_channel()
 
 
 class TestPlaceholderCount:
