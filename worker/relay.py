@@ -3,8 +3,9 @@ and runs the command sweeper (``worker.sweeper``, SPEC 5.2) in the same loop.
 
 Rows are sent with XADD *before* the transaction that marks them published commits, so a
 crash in between sends them again: delivery is at least once and subscribers dedupe by the
-CloudEvents ``id``. ``FOR UPDATE SKIP LOCKED`` lets any number of relays (and the workers'
-fast path) run at once without two of them sending the same row concurrently.
+CloudEvents ``id``. ``FOR UPDATE SKIP LOCKED`` lets any number of relays run at once
+without two of them sending the same row concurrently; the workers' fast path marks its
+own rows, and waits for a relay that holds one of them.
 
 A row marked published may still be lost to its subscribers: Redis restarted without
 persistence (or flushed) before they read its entry. The relay keeps a key in Redis; when
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
@@ -51,30 +52,35 @@ MEMORY_CHECK_S = 1.0
 
 def relay_batch(engine: Engine, redis: Redis, stream: str, limit: int = 500) -> int:
     """Sends the oldest unpublished rows no other relay holds; returns how many."""
-    sent = _send(
-        engine,
-        redis,
-        stream,
-        _OLDEST,
-        {"at_most": limit},
-        lambda row: row.payload.encode(),
-        path="sweep",
-    )
-    if sent:
-        logger.info("relay.batch_sent", count=sent)
-    return sent
+    with engine.begin() as conn:
+        rows = conn.execute(_OLDEST, {"at_most": limit}).all()
+        if not rows:
+            return 0
+        _xadd(redis, stream, [row.payload.encode() for row in rows])
+        conn.execute(_MARK_PUBLISHED, {"row_ids": [row.id for row in rows]})
+    _observe(rows, path="sweep")
+    logger.info("relay.batch_sent", count=len(rows))
+    return len(rows)
 
 
 def publish_now(engine: Engine, redis: Redis, stream: str, events: Sequence[Written]) -> int:
     """The worker's fast path after its commit: sends these events, as it wrote them to the
-    outbox (no read-back), unless another relay holds or sent them already."""
+    outbox (no read-back), unless another relay sent them already.
+
+    One statement marks them and their XADD follows in the same transaction: the mark
+    commits only after the XADD, so a crash in between leaves them for the relay to send
+    again, as with ``relay_batch``. A row a relay is sending makes the mark wait for that
+    relay, then pass over the row it published."""
     if not events:
         return 0
-    by_id = {event.id: event.json for event in events}
-    named = {"event_ids": list(by_id)}
-    return _send(
-        engine, redis, stream, _NAMED, named, lambda row: by_id[row.event_id], path="direct"
-    )
+    with engine.begin() as conn:
+        rows = conn.execute(_MARK_NAMED, {"event_ids": [event.id for event in events]}).all()
+        if not rows:
+            return 0
+        marked = {row.event_id for row in rows}
+        _xadd(redis, stream, [event.json for event in events if event.id in marked])
+    _observe(rows, path="direct")
+    return len(rows)
 
 
 def replay_after_data_loss(
@@ -97,10 +103,13 @@ def replay_after_data_loss(
     return int(replayed)
 
 
+def _lag_s() -> Any:
+    return func.extract("epoch", func.clock_timestamp() - outbox.c.created_at).label("lag_s")
+
+
 def _unpublished(*columns: Any) -> Select[Any]:
-    lag_s = func.extract("epoch", func.clock_timestamp() - outbox.c.created_at)
     return (
-        select(outbox.c.id, *columns, lag_s.label("lag_s"))
+        select(outbox.c.id, *columns, _lag_s())
         .where(outbox.c.published_at.is_(None))
         .order_by(outbox.c.id)
         .with_for_update(skip_locked=True)
@@ -109,34 +118,17 @@ def _unpublished(*columns: Any) -> Select[Any]:
 
 # The payload's text as stored (json keeps it verbatim): sent as is, not parsed and encoded.
 _OLDEST = _unpublished(outbox.c.payload.cast(Text).label("payload")).limit(bindparam("at_most"))
-_NAMED = _unpublished(outbox.c.event_id).where(
-    outbox.c.event_id == any_(bulk.id_array("event_ids"))
+_MARK_NAMED = (
+    update(outbox)
+    .where(outbox.c.event_id == any_(bulk.id_array("event_ids")), outbox.c.published_at.is_(None))
+    .values(published_at=func.now())
+    .returning(outbox.c.event_id, _lag_s())
 )
 _MARK_PUBLISHED = (
     update(outbox)
     .where(outbox.c.id == any_(bindparam("row_ids", type_=ARRAY(BigInteger))))
     .values(published_at=func.now())
 )
-
-
-def _send(
-    engine: Engine,
-    redis: Redis,
-    stream: str,
-    claim: Select[Any],
-    params: dict[str, Any],
-    json_of: Callable[[Row[Any]], bytes],
-    path: str,
-) -> int:
-    """Claims rows (``claim`` with ``params``), sends their JSON, marks them published."""
-    with engine.begin() as conn:
-        rows = conn.execute(claim, params).all()
-        if not rows:
-            return 0
-        _xadd(redis, stream, [json_of(row) for row in rows])
-        conn.execute(_MARK_PUBLISHED, {"row_ids": [row.id for row in rows]})
-    _observe(rows, path)
-    return len(rows)
 
 
 def _xadd(redis: Redis, stream: str, events: Sequence[bytes]) -> None:

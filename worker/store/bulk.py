@@ -11,13 +11,16 @@ from uuid import UUID
 
 import psycopg
 from psycopg import sql
+from psycopg.types.array import ListBinaryDumper
 from psycopg.types.json import Json, Jsonb
 from sqlalchemy import (
     BindParameter,
     Column,
     ColumnElement,
     Connection,
+    Dialect,
     Table,
+    TypeDecorator,
     any_,
     bindparam,
     func,
@@ -58,7 +61,28 @@ def id_array(name: str) -> BindParameter[Any]:
     return bindparam(name, type_=_UUIDS)
 
 
-_UUIDS = ARRAY(PgUUID(as_uuid=True))
+class _IdList(list[UUID]):
+    """Ids psycopg sends as one binary ``uuid[]``: 16 bytes each, where the text array
+    costs about six times as much to encode here and to parse on the server (a chunk binds
+    half a dozen lists of 500)."""
+
+
+psycopg.adapters.register_dumper(_IdList, ListBinaryDumper)
+
+
+class _UUIDArray(TypeDecorator[list[UUID]]):
+    impl = ARRAY(PgUUID(as_uuid=True))
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        # In place of ARRAY's, which would copy the ids into a plain list again.
+        def process(value: Any) -> Any:
+            return None if value is None else _IdList(value)
+
+        return process
+
+
+_UUIDS = _UUIDArray()
 
 
 # Up to this many rows go in one INSERT: a COPY costs more to set up, on both sides, than a
