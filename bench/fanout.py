@@ -23,7 +23,7 @@ Printed:
 Last line: `rate=<initiations/s> ceiling=<no-op tasks/s> ratio=<rate/ceiling>`.
 
 `--profile [FILE]` records the (first) campaign worker and its pool with py-spy, if it is in
-.venv: a flame graph, or collapsed stacks for a FILE ending in .txt.
+.venv: a flame graph, or collapsed stacks of on-CPU samples for a FILE ending in .txt.
 `--api-url URL` runs only the campaign, on a running stack whose servers are
 LEADSCOUT_DATABASE_URL / LEADSCOUT_REDIS_URL (no migration, no ceiling): bench/api.py uses it.
 """
