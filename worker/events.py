@@ -27,7 +27,6 @@ from worker.model import Contact, Template
 from worker.rules import Eligible
 from worker.store.outbox import Written
 
-
 CREATED = str(ConversationCreated.model_fields["type"].default)
 REUSED = str(ConversationReused.model_fields["type"].default)
 REJECTED = str(InitiationRejected.model_fields["type"].default)

@@ -4,7 +4,8 @@ One rule, two sizes: a campaign chunk of hundreds of commands and a single initi
 (a chunk of one) take the same path. The rule itself (SPEC 4.1 checks 1–10) lives in
 ``worker.rules``; this module adds the I/O around it, set-based:
 
-1. mark the chunk processing and read the catalog slice it needs (one transaction);
+1. read the chunk (a single initiation marks it processing) and the catalog slice it
+   needs;
 2. checks 1–9 per command, in Python; failures are recorded together;
 3. check 10 per command, in Python, against the contacts' conversations and the
    channels' quota read once for the round (a round ends where a contact comes again);
@@ -113,16 +114,16 @@ def initiate_chunk(chunk: Sequence[InitiateOutbound], deps: Deps) -> list[Outcom
 
 
 def initiate_recorded(command_ids: Sequence[UUID], deps: Deps) -> list[Outcome]:
-    """A campaign chunk by its ids: ``initiate_chunk`` for the recorded commands, read in
-    the same statement that marks them processing (unknown ids are skipped)."""
+    """A campaign chunk by its ids: ``initiate_chunk`` for the recorded commands, which stay
+    accepted until their outcome (``commands.read_chunk``; unknown ids are skipped)."""
     with autocommit(deps.engine) as conn:
-        chunk, outcomes = commands.take(conn, command_ids)
+        chunk, outcomes = commands.read_chunk(conn, command_ids)
     if missing := len(command_ids) - len(chunk) - len(outcomes):
         logger.error("initiation.unknown_commands", missing=missing)
     if outcomes:
         logger.info("initiation.duplicate_delivery", commands=len(outcomes))
     for workspace_commands in _by_workspace(chunk):
-        outcomes.update(_initiate(workspace_commands, deps, processing=True))
+        outcomes.update(_initiate(workspace_commands, deps, read=True))
     return list(outcomes.values())
 
 
@@ -133,14 +134,14 @@ def _by_workspace(chunk: Sequence[InitiateOutbound]) -> Iterator[list[InitiateOu
 
 
 def _initiate(
-    chunk: list[InitiateOutbound], deps: Deps, backlog: int = 0, processing: bool = False
+    chunk: list[InitiateOutbound], deps: Deps, backlog: int = 0, read: bool = False
 ) -> dict[UUID, Outcome]:
-    """``processing``: the commands were marked processing as they were read."""
+    """``read``: a campaign chunk, read from its rows with the outcomes already recorded."""
     workspace_id = chunk[0].workspace_id
     # Each statement stands alone: the claim under the channel locks settles any race.
     with autocommit(deps.engine) as conn:
         outcomes = (
-            {} if processing else commands.mark_processing(conn, [c.command_id for c in chunk])
+            {} if read else commands.mark_processing(conn, [c.command_id for c in chunk])
         )
         if outcomes:
             logger.info("initiation.duplicate_delivery", commands=len(outcomes))

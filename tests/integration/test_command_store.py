@@ -216,22 +216,24 @@ class TestFinish:
             assert conn.execute(query).one() == ("succeeded", True, True)
 
 
-class TestTake:
-    """A chunk task reads its commands back from their rows, in the order it names them, and
-    marks them processing in the same statement."""
+class TestReadChunk:
+    """A chunk task reads its commands back from their rows, in the order it names them,
+    and leaves them accepted until their outcome."""
 
     def test_in_the_named_order_as_recorded_and_unknown_ids_skipped(self, engine, redis):
         world = World(engine, redis)
         first = world.command(**body(uuid4(), uuid4(), campaignId="spring"))
         second = world.command(**body(uuid4(), uuid4(), parameters=[], forceSend=True))
         with engine.begin() as conn:
-            taken, finished = commands.take(conn, [second.command_id, uuid4(), first.command_id])
+            taken, finished = commands.read_chunk(
+                conn, [second.command_id, uuid4(), first.command_id]
+            )
 
         assert [c.to_message() for c in taken] == [second.to_message(), first.to_message()]
         assert finished == {}
         with engine.connect() as conn:
             statuses = conn.execute(select(command_rows.c.status)).scalars().all()
-        assert statuses == ["processing", "processing"]
+        assert statuses == ["accepted", "accepted"]
 
     def test_a_finished_command_comes_back_as_its_outcome_not_as_work(self, engine, redis):
         world = World(engine, redis)
@@ -240,7 +242,7 @@ class TestTake:
         with engine.begin() as conn:
             commands.finish(conn, [commands.Outcome(done.command_id, "failed", error=problem)])
         with engine.begin() as conn:
-            taken, finished = commands.take(conn, [done.command_id, waiting.command_id])
+            taken, finished = commands.read_chunk(conn, [done.command_id, waiting.command_id])
 
         assert [c.command_id for c in taken] == [waiting.command_id]
         assert finished == {

@@ -7,11 +7,11 @@ from collections.abc import Collection, Iterable
 from typing import Literal, NamedTuple
 from uuid import UUID
 
-from sqlalchemy import Connection, Row, bindparam, func, select
-from sqlalchemy.dialects.postgresql import ARRAY, insert
-from sqlalchemy.dialects.postgresql import UUID as PgUUID
+from sqlalchemy import Connection, Row, func, select
+from sqlalchemy.dialects.postgresql import insert
 
 from schemas.reporting import CampaignStats, ChannelCounts
+from worker.store import bulk
 from worker.store.tables import campaign_events_counted, campaign_stats
 
 Outcome = Literal["created", "reused", "rejected"]
@@ -31,15 +31,16 @@ def record_new_events(conn: Connection, event_ids: Collection[UUID]) -> set[UUID
     if not event_ids:
         return set()
     # Sorted, so two reporters inserting overlapping batches take row locks in one order.
-    # One array parameter: a VALUES list would bind (and compile) one parameter per id.
-    ids = bindparam("event_ids", sorted(event_ids), ARRAY(PgUUID(as_uuid=True)))
-    statement = (
-        insert(campaign_events_counted)
-        .from_select(["event_id"], select(func.unnest(ids)))
-        .on_conflict_do_nothing()
-        .returning(campaign_events_counted.c.event_id)
-    )
-    return set(conn.execute(statement).scalars())
+    return set(conn.execute(_RECORD_NEW, {"event_ids": sorted(event_ids)}).scalars())
+
+
+# One array parameter: a VALUES list would bind (and compile) one parameter per id.
+_RECORD_NEW = (
+    insert(campaign_events_counted)
+    .from_select(["event_id"], select(func.unnest(bulk.id_array("event_ids"))))
+    .on_conflict_do_nothing()
+    .returning(campaign_events_counted.c.event_id)
+)
 
 
 def add(conn: Connection, counts: Counter[Bucket]) -> None:

@@ -128,17 +128,19 @@ def _command(payload: str) -> InitiateOutbound:
     return InitiateOutbound.model_validate_json(payload)
 
 
-_TO_PROCESSING = (
+_OUTCOME_COLUMNS = (commands.c.id, commands.c.status, commands.c.result, commands.c.error)
+_MARK_PROCESSING = (
     update(commands)
     .where(commands.c.id == any_(bulk.id_array("ids")))
     .values(
         status=case((commands.c.status == "accepted", "processing"), else_=commands.c.status),
         updated_at=func.now(),
     )
+    .returning(*_OUTCOME_COLUMNS)
 )
-_OUTCOME_COLUMNS = (commands.c.id, commands.c.status, commands.c.result, commands.c.error)
-_MARK_PROCESSING = _TO_PROCESSING.returning(*_OUTCOME_COLUMNS)
-_TAKE = _TO_PROCESSING.returning(*_OUTCOME_COLUMNS, _PAYLOAD_TEXT)
+_READ_CHUNK = select(*_OUTCOME_COLUMNS, _PAYLOAD_TEXT).where(
+    commands.c.id == any_(bulk.id_array("ids"))
+)
 
 
 def mark_processing(conn: Connection, command_ids: Collection[UUID]) -> dict[UUID, Outcome]:
@@ -150,13 +152,20 @@ def mark_processing(conn: Connection, command_ids: Collection[UUID]) -> dict[UUI
     return _outcomes(command_ids, rows)
 
 
-def take(
+def read_chunk(
     conn: Connection, command_ids: Sequence[UUID]
 ) -> tuple[list[InitiateOutbound], dict[UUID, Outcome]]:
-    """A campaign chunk's read, in one statement: moves the accepted commands among
-    ``command_ids`` to processing and returns the unfinished ones, in that order, with the
-    outcomes of those already finished (a redelivery). Unknown ids are skipped."""
-    rows = {row.id: row for row in conn.execute(_TAKE, {"ids": list(command_ids)})}
+    """A campaign chunk's read, in one statement: the unfinished commands among
+    ``command_ids``, in that order, and the outcomes of those already finished (a
+    redelivery). Unknown ids are skipped.
+
+    Nothing is written: a chunk's commands go from accepted straight to their outcome, in
+    the transaction that writes it. A processing mark would rewrite every row once more
+    (with its payload, and its indexes) for a state that lasts a fraction of a second. The
+    sweeper takes a lost chunk's commands once its queue has moved past them, as it does
+    for a chunk lost before it ran. Two deliveries of a chunk serialize at ``claim``.
+    """
+    rows = {row.id: row for row in conn.execute(_READ_CHUNK, {"ids": list(command_ids)})}
     known = [rows[command_id] for command_id in command_ids if command_id in rows]
     finished = _outcomes([row.id for row in known], known)
     todo = [_command(row.payload) for row in known if row.id not in finished]
@@ -378,8 +387,10 @@ def take_stale(
     locked for this transaction and marked touched now, oldest first.
 
     ``SKIP LOCKED`` passes over rows another sweeper or a worker's write holds; the touch
-    keeps every sweeper off them for another ``after_s``. A worker touches a command when
-    it marks it processing, so only a stalled or lost one stays untouched that long.
+    keeps every sweeper off them for another ``after_s``. A worker touches a single command
+    when it marks it processing, so only a stalled or lost one stays untouched that long. A
+    campaign chunk's commands stay accepted until their outcome (``read_chunk``): while the
+    chunk runs they count as waiting in the queue, as below.
 
     An ``accepted`` command may just be waiting in its queue behind a backlog: it is taken
     only if it was last touched (recorded, or published again) before the commands of the
