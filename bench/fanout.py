@@ -451,7 +451,16 @@ def _profiled(output: str | None, stack: Stack | None, folder: Path) -> Iterator
         return
     worker = stack.processes[next(n for n in stack.workers() if n.startswith("worker.campaign"))]
     output = str(Path(output).resolve())
-    command = [str(PY_SPY), "record", "--pid", str(worker.pid), "--subprocesses", "--gil", "-o", output]
+    command = [
+        str(PY_SPY),
+        "record",
+        "--pid",
+        str(worker.pid),
+        "--subprocesses",
+        "--gil",
+        "-o",
+        output,
+    ]
     if output.endswith(".txt"):  # collapsed stacks, for reading as text
         command += ["--format", "raw"]
     with started(command, dict(os.environ), folder / "py-spy.log", stop=signal.SIGINT):

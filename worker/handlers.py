@@ -128,7 +128,7 @@ def initiate_recorded(command_ids: Sequence[UUID], deps: Deps) -> list[Outcome]:
 
 
 def _by_workspace(chunk: Sequence[InitiateOutbound]) -> Iterator[list[InitiateOutbound]]:
-    ordered = sorted(chunk, key=lambda command: str(command.workspace_id))
+    ordered = sorted(chunk, key=lambda command: command.workspace_id.int)
     for _, group in groupby(ordered, key=lambda command: command.workspace_id):
         yield list(group)
 
@@ -140,9 +140,7 @@ def _initiate(
     workspace_id = chunk[0].workspace_id
     # Each statement stands alone: the claim under the channel locks settles any race.
     with autocommit(deps.engine) as conn:
-        outcomes = (
-            {} if read else commands.mark_processing(conn, [c.command_id for c in chunk])
-        )
+        outcomes = {} if read else commands.mark_processing(conn, [c.command_id for c in chunk])
         if outcomes:
             logger.info("initiation.duplicate_delivery", commands=len(outcomes))
         todo = [command for command in chunk if command.command_id not in outcomes]

@@ -26,5 +26,13 @@ def test_conversations_carry_only_the_indexes_something_reads(session_engine: En
             "ix_conversations_contact_id_seq",
             "pk_conversations",
             "uq_conversations_one_active",
-            "uq_conversations_seq",
         ]
+
+
+def test_messages_carry_only_the_indexes_something_reads(session_engine: Engine):
+    with session_engine.connect() as conn:
+        names = conn.execute(
+            text("SELECT indexname FROM pg_indexes WHERE tablename = 'messages'")
+        ).scalars()
+
+        assert sorted(names) == ["ix_messages_conversation_id_seq", "pk_messages"]

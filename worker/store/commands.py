@@ -247,7 +247,7 @@ def finish(conn: Connection, outcomes: Collection[Outcome]) -> None:
     document = jsontext.dumps(
         [
             {
-                "id": str(o.command_id),
+                "id": o.command_id,
                 "status": o.status,
                 "result": o.result,
                 "error": o.error,

@@ -164,7 +164,7 @@ conversations = Table(
     Column("id", UUID(as_uuid=True), primary_key=True),
     _workspace_id(),
     # Exact creation order for sticky-sender selection (SPEC 4.1).
-    Column("seq", BigInteger, Identity(always=True), nullable=False, unique=True),
+    Column("seq", BigInteger, Identity(always=True), nullable=False),
     Column("channel_id", UUID(as_uuid=True), nullable=False),
     Column("contact_id", UUID(as_uuid=True), nullable=False),
     Column("agent_id", UUID(as_uuid=True), nullable=True),
@@ -206,7 +206,7 @@ messages = Table(
         ForeignKey("conversations.id", ondelete="CASCADE"),
         nullable=False,
     ),
-    Column("seq", BigInteger, Identity(always=True), nullable=False, unique=True),
+    Column("seq", BigInteger, Identity(always=True), nullable=False),
     Column("kind", String(16), nullable=False),
     Column("body", Text, nullable=False),
     Column("status", String(16), nullable=False),
