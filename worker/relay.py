@@ -4,8 +4,8 @@ and runs the command sweeper (``worker.sweeper``, SPEC 5.2) in the same loop.
 Rows are sent with XADD *before* the transaction that marks them published commits, so a
 crash in between sends them again: delivery is at least once and subscribers dedupe by the
 CloudEvents ``id``. ``FOR UPDATE SKIP LOCKED`` lets any number of relays run at once
-without two of them sending the same row concurrently; the workers' fast path marks its
-own rows, and waits for a relay that holds one of them.
+without two of them sending the same row concurrently, nor the workers' fast path, which
+marks and sends its own rows.
 
 A row marked published may still be lost to its subscribers: Redis restarted without
 persistence (or flushed) before they read its entry. The relay keeps a key in Redis; when
@@ -69,8 +69,7 @@ def publish_now(engine: Engine, redis: Redis, stream: str, events: Sequence[Writ
 
     One statement marks them and their XADD follows in the same transaction: the mark
     commits only after the XADD, so a crash in between leaves them for the relay to send
-    again, as with ``relay_batch``. A row a relay is sending makes the mark wait for that
-    relay, then pass over the row it published."""
+    again, as with ``relay_batch``. A row a relay holds is passed over: that relay sends it."""
     if not events:
         return 0
     with engine.begin() as conn:
@@ -118,12 +117,21 @@ def _unpublished(*columns: Any) -> Select[Any]:
 
 # The payload's text as stored (json keeps it verbatim): sent as is, not parsed and encoded.
 _OLDEST = _unpublished(outbox.c.payload.cast(Text).label("payload")).limit(bindparam("at_most"))
+# The rows are locked in a subquery so that SKIP LOCKED applies: a row a relay is sending is
+# left to it, not waited for.
+_NAMED_ROWS = (
+    select(outbox.c.id)
+    .where(outbox.c.event_id == any_(bulk.id_array("event_ids")), outbox.c.published_at.is_(None))
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
+)
 _MARK_NAMED = (
     update(outbox)
-    .where(outbox.c.event_id == any_(bulk.id_array("event_ids")), outbox.c.published_at.is_(None))
+    .where(outbox.c.id.in_(_NAMED_ROWS))
     .values(published_at=func.now())
     .returning(outbox.c.event_id, _lag_s())
 )
+
 _MARK_PUBLISHED = (
     update(outbox)
     .where(outbox.c.id == any_(bindparam("row_ids", type_=ARRAY(BigInteger))))
