@@ -22,7 +22,7 @@ A command whose choice moved to a channel we do not hold, or whose round lost a 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from itertools import groupby
@@ -107,9 +107,7 @@ def initiate_single(command: InitiateOutbound, deps: Deps) -> list[Outcome]:
 
 def initiate_chunk(chunk: Sequence[InitiateOutbound], deps: Deps) -> list[Outcome]:
     """SPEC 4.1 for every command; the outcomes come back in the chunk's order."""
-    outcomes: dict[UUID, Outcome] = {}
-    for workspace_commands in _by_workspace(chunk):
-        outcomes.update(_initiate(workspace_commands, deps))
+    outcomes = _initiate_per_workspace(chunk, deps)
     return [outcomes[command.command_id] for command in chunk]
 
 
@@ -122,15 +120,19 @@ def initiate_recorded(command_ids: Sequence[UUID], deps: Deps) -> list[Outcome]:
         logger.error("initiation.unknown_commands", missing=missing)
     if outcomes:
         logger.info("initiation.duplicate_delivery", commands=len(outcomes))
-    for workspace_commands in _by_workspace(chunk):
-        outcomes.update(_initiate(workspace_commands, deps, read=True))
+    outcomes.update(_initiate_per_workspace(chunk, deps, read=True))
     return list(outcomes.values())
 
 
-def _by_workspace(chunk: Sequence[InitiateOutbound]) -> Iterator[list[InitiateOutbound]]:
+def _initiate_per_workspace(
+    chunk: Sequence[InitiateOutbound], deps: Deps, read: bool = False
+) -> dict[UUID, Outcome]:
+    """``_initiate`` for each workspace's commands of the chunk."""
+    outcomes: dict[UUID, Outcome] = {}
     ordered = sorted(chunk, key=lambda command: command.workspace_id.int)
     for _, group in groupby(ordered, key=lambda command: command.workspace_id):
-        yield list(group)
+        outcomes.update(_initiate(list(group), deps, read=read))
+    return outcomes
 
 
 def _initiate(
@@ -303,19 +305,26 @@ def reject(
     conn: Connection, rejected: list[tuple[InitiateOutbound, Rejection]]
 ) -> dict[UUID, Outcome]:
     """Invariant 5: a rejection writes only the outcome and its event."""
-    events = [(rejection_event(command, r.code), command.command_id) for command, r in rejected]
-    payloads = outbox.add_many(conn, events)
     outcomes = {
         command.command_id: Outcome(
-            command.command_id, "failed", error=rejection.as_problem(), events=(payload,)
+            command.command_id,
+            "failed",
+            error=rejection.as_problem(),
+            events=(rejection_event(command, rejection.code),),
         )
-        for (command, rejection), payload in zip(rejected, payloads, strict=True)
+        for command, rejection in rejected
     }
-    commands.finish(conn, outcomes.values())
+    _record(conn, outcomes)
     if rejected:
         _count(rejection.code.value for _, rejection in rejected)
         logger.info("initiation.rejected", commands=len(rejected))
     return outcomes
+
+
+def _record(conn: Connection, outcomes: dict[UUID, Outcome]) -> None:
+    """The outcomes' events into the outbox and the outcomes onto their commands."""
+    outbox.add_many(conn, [(event, o.command_id) for o in outcomes.values() for event in o.events])
+    commands.finish(conn, outcomes.values())
 
 
 def _count(outcomes: Iterable[str]) -> None:
@@ -352,8 +361,7 @@ def _append_messages(
 ) -> dict[UUID, Outcome]:
     """Each command's template message and follow-ups, its event and its outcome."""
     messages, follow_ups = [], []
-    events: list[tuple[outbox.Written, UUID | None]] = []
-    results: list[tuple[UUID, dict[str, Any]]] = []
+    outcomes: dict[UUID, Outcome] = {}
     for item in items:
         command, eligible = item.command, item.eligible
         conversation, previous_control, last_position = written[command.command_id]
@@ -376,7 +384,6 @@ def _append_messages(
             for offset, message in enumerate(item.request.follow_ups, start=1)
         ]
         event = initiation_event(command, eligible, conversation, previous_control)
-        events.append((event, command.command_id))
         result = initiation_result(
             command.command_id,
             conversation,
@@ -386,15 +393,12 @@ def _append_messages(
             follow_ups_count=len(item.request.follow_ups),
             already_initiated=previous_control is not None,
         )
-        results.append((command.command_id, result))
+        outcomes[command.command_id] = Outcome(
+            command.command_id, "succeeded", result=result, events=(event,)
+        )
     conversation_store.add_template_messages(conn, messages)
     conversation_store.add_follow_ups(conn, follow_ups)
-    payloads = outbox.add_many(conn, events)
-    outcomes = {
-        command_id: Outcome(command_id, "succeeded", result=result, events=(payload,))
-        for (command_id, result), payload in zip(results, payloads, strict=True)
-    }
-    commands.finish(conn, outcomes.values())
+    _record(conn, outcomes)
     if items:
         _count("reused" if written[item.command.command_id][1] else "created" for item in items)
         logger.info("initiation.succeeded", commands=len(items))

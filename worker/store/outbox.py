@@ -32,10 +32,8 @@ def add(conn: Connection, event: Event, command_id: UUID | None = None) -> None:
     add_many(conn, [(Written.of_event(event), command_id)])
 
 
-def add_many(conn: Connection, events: Sequence[tuple[Written, UUID | None]]) -> list[Written]:
-    """Outbox rows for ``(event, command_id)`` pairs, in one write (``bulk.copy_rows``);
-    returns the events (for the worker's fast path, which sends them without reading them
-    back)."""
+def add_many(conn: Connection, events: Sequence[tuple[Written, UUID | None]]) -> None:
+    """Outbox rows for ``(event, command_id)`` pairs, in one write (``bulk.copy_rows``)."""
     columns = ["event_id", "event_type", "workspace_id", "command_id", "payload"]
     bulk.copy_rows(
         conn,
@@ -46,4 +44,3 @@ def add_many(conn: Connection, events: Sequence[tuple[Written, UUID | None]]) ->
             for event, command_id in events
         ),
     )
-    return [event for event, _ in events]
