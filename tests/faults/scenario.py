@@ -15,6 +15,7 @@ from uuid import UUID
 from redis import Redis
 from sqlalchemy import Engine
 
+from tests.faults.components import paused
 from tests.faults.conftest import SWEEP_AFTER_S
 from tests.faults.harness import (
     STREAM,
@@ -40,9 +41,8 @@ OPTED_OUT = 100
 LIMITS = (2_000, 2_000, 2_000)
 BATCH_CAMPAIGN, SINGLES_CAMPAIGN = "faults-batch", "faults-singles"
 # The first 200 singles start once SINGLES_START of the batch's commands finished; the
-# fault strikes once SINGLES_DONE_AT of them finished, as the last 100 arrive. Early enough
-# that the batch is still running then (from 1,500, a faster chunk path once finished all
-# 5,000 first).
+# fault strikes once SINGLES_DONE_AT of them finished, as the last 100 arrive, the campaign
+# worker paused in between (so the batch is still running then).
 SINGLES_START = 500
 SINGLES_FIRST = 200
 SINGLES_DONE_AT = 20
@@ -106,18 +106,21 @@ def batch_and_singles_with_a_fault(
     fault: Callable[[], float],
 ) -> Outcome:
     """Starts the stack and posts the batch. Once SINGLES_START of its commands finished,
-    sends 200 singles; once SINGLES_DONE_AT of those finished (the others published and
-    mostly queued), sends the last 100 and runs ``fault`` (which returns the wall-clock
-    time of its repair) as they arrive, the batch still mid-way. Then waits for every
-    command and counts, per tenant."""
+    pauses the campaign worker and sends 200 singles; once SINGLES_DONE_AT of those
+    finished (the others published and mostly queued), resumes it, sends the last 100 and
+    runs ``fault`` (which returns the wall-clock time of its repair) as they arrive, the
+    batch still mid-way. Then waits for every command and counts, per tenant."""
     stack.start()
     with StreamWatch(stack.servers.redis_url) as watch:
         campaign, ws = tenants.campaign, tenants.singles
         batch = post_batch(stack, campaign, BATCH_CAMPAIGN, campaign.contacts)
         wait_progress(engine, campaign.workspace_id, SINGLES_START, BATCH_LEADS)
         bodies = single_bodies(ws)
-        first = fire_singles(stack, ws, bodies[:SINGLES_FIRST])
-        wait_progress(engine, ws.workspace_id, SINGLES_DONE_AT, SINGLES_FIRST)
+        # The batch waits mid-way while the singles warm up: a chunk path faster than
+        # their first SINGLES_DONE_AT once finished all 5,000 before the fault.
+        with paused(stack, "campaign-worker"):
+            first = fire_singles(stack, ws, bodies[:SINGLES_FIRST])
+            wait_progress(engine, ws.workspace_id, SINGLES_DONE_AT, SINGLES_FIRST)
         wait_progress(engine, campaign.workspace_id, SINGLES_START, BATCH_LEADS)  # not all
         second = fire_singles(stack, ws, bodies[SINGLES_FIRST:])
         repaired_at = fault()
