@@ -8,12 +8,15 @@ One rule, two sizes: a campaign chunk of hundreds of commands and a single initi
    needs;
 2. checks 1–9 per command, in Python; failures are recorded together;
 3. check 10 per command, in Python, against the contacts' conversations and the
-   channels' quota read once for the round (a round ends where a contact comes again);
-4. lock every chosen channel once (in id order), re-run check 10 under the locks, check the
-   fences, and write the whole round in one transaction with its outbox rows.
+   channels' quota read once for the round (a round ends where a contact comes again),
+   and the rows its choices would write: a draft, without the locks;
+4. lock every chosen channel once (in id order), claim the commands, re-run check 10 under
+   the locks, check the fences, and write the whole round in one transaction with its
+   outbox rows (each choice that held as the draft prepared it).
 
-Step 3 only tells which channels to lock; it is skipped when the round has at least as many
-commands as candidate channels (it would lock them all).
+Step 3 does the work that needs no lock while another worker's round may hold them, so
+that under the locks a round spends little more than its reads and writes. A round with
+one candidate channel has nothing to choose: its draft is only the time.
 
 A command whose choice moved to a channel we do not hold, or whose round lost a race
 (a stale fence, a conversation opened or closed under us), goes round again.
@@ -24,10 +27,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from itertools import groupby
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import structlog
 from psycopg.errors import UniqueViolation
@@ -174,9 +177,7 @@ def _occupy(deps: Deps, pending: list[Pending]) -> dict[UUID, Outcome]:
     outcomes: dict[UUID, Outcome] = {}
     while pending:
         this_round, later = _one_per_contact(pending)
-        chosen, targets, rejected = _first_choice(deps.engine, this_round)
-        outcomes.update(_record_rejections(deps.engine, rejected))
-        written, again = _write_under_locks(deps, chosen, targets)
+        written, again = _decide_and_write(deps, this_round)
         outcomes.update(written)
         for lost in again:
             lost.lost_races += 1
@@ -184,26 +185,6 @@ def _occupy(deps: Deps, pending: list[Pending]) -> dict[UUID, Outcome]:
                 raise SelectionContention(str(lost.command.command_id))
         pending = sorted(again + later, key=lambda p: p.position)
     return outcomes
-
-
-def _first_choice(
-    engine: Engine, round_: list[Pending]
-) -> tuple[list[Pending], set[UUID], list[tuple[InitiateOutbound, Rejection]]]:
-    """Which channels to lock, and who is rejected already.
-
-    Check 10 runs once without the locks, only to learn which channels to lock, unless
-    the answer is known: a round with at least as many commands as candidate channels
-    (a campaign chunk) will use them all, and a command with one candidate can only
-    lock that one.
-    """
-    candidates = {channel.id for item in round_ for channel in item.eligible.candidates}
-    if len(round_) >= len(candidates):
-        return round_, candidates, []
-    with engine.connect() as conn:
-        verdicts = _select(conn, round_)
-    rejected = [(item.command, v) for item, v in verdicts if isinstance(v, Rejection)]
-    chosen = [(item, v) for item, v in verdicts if isinstance(v, OpenFresh | Reuse)]
-    return [item for item, _ in chosen], {v.channel.id for _, v in chosen}, rejected
 
 
 def _one_per_contact(pending: list[Pending]) -> tuple[list[Pending], list[Pending]]:
@@ -216,6 +197,67 @@ def _one_per_contact(pending: list[Pending]) -> tuple[list[Pending], list[Pendin
             return pending[:cut], pending[cut:]
         seen.add(item.request.contact_id)
     return pending, []
+
+
+def _decide_and_write(
+    deps: Deps, round_: list[Pending]
+) -> tuple[dict[UUID, Outcome], list[Pending]]:
+    """Check 10 and the write of one round; returns the outcomes and who goes round again.
+
+    What does not need the channel locks comes before them (``Draft``): a first check 10,
+    which tells what to lock, and the rows its choices would write. Under the locks a
+    round spends little more than its reads and writes.
+    """
+    with deps.engine.connect() as conn:
+        draft = Draft.of(conn, round_)
+    if not draft.channels:  # every choice is a rejection: none needs a lock
+        rejected = [(item.command, v) for item, v in draft.verdicts if isinstance(v, Rejection)]
+        return _record_rejections(deps.engine, rejected), []
+    try:
+        with deps.locks.hold(draft.channels) as tokens, deps.engine.begin() as conn:
+            return _recheck_and_write(conn, round_, tokens, draft)
+    except fences.StaleFence:
+        logger.info("initiation.lost_race", reason="stale_fence", commands=len(round_))
+    except LostRace as lost:
+        logger.info("initiation.lost_race", reason=str(lost), commands=len(round_))
+    except IntegrityError as error:
+        if not isinstance(error.orig, UniqueViolation):
+            raise
+        logger.info("initiation.lost_race", reason="unique_violation", commands=len(round_))
+    return {}, round_
+
+
+@dataclass(slots=True)
+class Draft:
+    """Check 10 without the locks, and what each fresh conversation it chose would write
+    (stamped with the database's time of the draft)."""
+
+    now: datetime
+    channels: set[UUID]  # to lock
+    verdicts: list[tuple[Pending, Verdict | None]]
+    fresh: dict[UUID, tuple[OpenFresh, Built]]
+
+    @classmethod
+    def of(cls, conn: Connection, round_: list[Pending]) -> Draft:
+        now = conversation_store.database_time(conn)
+        candidates = {channel.id for item in round_ for channel in item.eligible.candidates}
+        if len(candidates) == 1:  # nothing to choose: the lock to take is known
+            return cls(now, candidates, [], {})
+        verdicts = _select(conn, round_)
+        fresh = {
+            item.command.command_id: (verdict, _built_fresh(item, verdict, now))
+            for item, verdict in verdicts
+            if isinstance(verdict, OpenFresh)
+        }
+        chosen = {v.channel.id for _, v in verdicts if isinstance(v, OpenFresh | Reuse)}
+        return cls(now, chosen, verdicts, fresh)
+
+    def fresh_built(self, item: Pending, decision: OpenFresh) -> Built:
+        """The prepared rows if the choice held under the locks, else rows built now."""
+        drafted = self.fresh.get(item.command.command_id)
+        if drafted is not None and drafted[0] == decision:
+            return drafted[1]
+        return _built_fresh(item, decision, self.now)
 
 
 def _select(
@@ -248,28 +290,8 @@ def _select(
     return verdicts
 
 
-def _write_under_locks(
-    deps: Deps, round_: list[Pending], targets: set[UUID]
-) -> tuple[dict[UUID, Outcome], list[Pending]]:
-    """Locks the chosen channels, re-checks and writes; returns outcomes and who goes again."""
-    if not round_:
-        return {}, []
-    try:
-        with deps.locks.hold(targets) as tokens, deps.engine.begin() as conn:
-            return _recheck_and_write(conn, round_, tokens)
-    except fences.StaleFence:
-        logger.info("initiation.lost_race", reason="stale_fence", commands=len(round_))
-    except LostRace as lost:
-        logger.info("initiation.lost_race", reason=str(lost), commands=len(round_))
-    except IntegrityError as error:
-        if not isinstance(error.orig, UniqueViolation):
-            raise
-        logger.info("initiation.lost_race", reason="unique_violation", commands=len(round_))
-    return {}, round_
-
-
 def _recheck_and_write(
-    conn: Connection, round_: list[Pending], tokens: dict[UUID, int]
+    conn: Connection, round_: list[Pending], tokens: dict[UUID, int], draft: Draft
 ) -> tuple[dict[UUID, Outcome], list[Pending]]:
     """Claim the commands, re-run check 10, then check the fences right before writing.
 
@@ -286,7 +308,7 @@ def _recheck_and_write(
         logger.info("initiation.lost_race", reason="target_moved", commands=len(moved))
     fences.check(conn, tokens)
     settled = [(item, verdict) for item, verdict in verdicts if verdict is not None]
-    outcomes.update(write(conn, settled))
+    outcomes.update(write(conn, settled, draft))
     return outcomes, moved
 
 
@@ -333,81 +355,52 @@ def _count(outcomes: Iterable[str]) -> None:
         metrics.COMMANDS.labels(outcome=outcome).inc(n)
 
 
-def write(conn: Connection, settled: list[tuple[Pending, Verdict]]) -> dict[UUID, Outcome]:
+def write(
+    conn: Connection, settled: Sequence[tuple[Pending, Verdict]], draft: Draft
+) -> dict[UUID, Outcome]:
     """One transaction: conversations, template messages, follow-ups, quota, outbox, outcomes."""
     rejected = [(item.command, v) for item, v in settled if isinstance(v, Rejection)]
     outcomes = reject(conn, rejected)
-    decided = [(item, v) for item, v in settled if not isinstance(v, Rejection)]
-    fresh = [(item, v) for item, v in decided if isinstance(v, OpenFresh)]
-    opened = conversation_store.insert_conversations(
-        conn, [_fresh_row(item.command, decision) for item, decision in fresh]
-    )
-    conversation_store.count_openings(conn, Counter(d.channel.id for _, d in fresh))
-    written: dict[UUID, tuple[Mapping[Any, Any], str | None, int]] = {
-        item.command.command_id: (row, None, 0)
-        for (item, _), row in zip(fresh, opened, strict=True)
+    fresh = {
+        item.command.command_id: draft.fresh_built(item, v)
+        for item, v in settled
+        if isinstance(v, OpenFresh)
     }
-    for item, decision in decided:
-        if isinstance(decision, Reuse):
-            written[item.command.command_id] = _reuse(conn, item.command, decision)
-    outcomes.update(_append_messages(conn, [item for item, _ in decided], written))
-    return outcomes
+    conversation_store.insert_conversations(conn, [b.conversation for b in fresh.values()])
+    conversation_store.count_openings(
+        conn, Counter(v.channel.id for _, v in settled if isinstance(v, OpenFresh)), draft.now
+    )
+    built = [
+        fresh[item.command.command_id] if isinstance(v, OpenFresh) else _built_reuse(conn, item, v)
+        for item, v in settled
+        if isinstance(v, OpenFresh | Reuse)
+    ]
+    conversation_store.add_template_messages(conn, [b.message for b in built])
+    conversation_store.add_follow_ups(conn, [row for b in built for row in b.follow_ups])
+    initiated = {b.outcome.command_id: b.outcome for b in built}
+    _record(conn, initiated)
+    if built:
+        _count("reused" if b.reused else "created" for b in built)
+        logger.info("initiation.succeeded", commands=len(built))
+    return outcomes | initiated
 
 
-def _append_messages(
-    conn: Connection,
-    items: list[Pending],
-    written: dict[UUID, tuple[Mapping[Any, Any], str | None, int]],
-) -> dict[UUID, Outcome]:
-    """Each command's template message and follow-ups, its event and its outcome."""
-    messages, follow_ups = [], []
-    outcomes: dict[UUID, Outcome] = {}
-    for item in items:
-        command, eligible = item.command, item.eligible
-        conversation, previous_control, last_position = written[command.command_id]
-        rendered = eligible.template.render(item.request.template.parameters)
-        messages.append(
-            {
-                "conversation_id": conversation["id"],
-                "template_id": eligible.template.id,
-                "body": rendered,
-                "command_id": command.command_id,
-            }
-        )
-        follow_ups += [
-            {
-                "conversation_id": conversation["id"],
-                "position": last_position + offset,
-                "content": message.model_dump(mode="json", exclude_unset=True),
-                "command_id": command.command_id,
-            }
-            for offset, message in enumerate(item.request.follow_ups, start=1)
-        ]
-        event = initiation_event(command, eligible, conversation, previous_control)
-        result = initiation_result(
-            command.command_id,
-            conversation,
-            eligible.contact,
-            eligible.template,
-            rendered,
-            follow_ups_count=len(item.request.follow_ups),
-            already_initiated=previous_control is not None,
-        )
-        outcomes[command.command_id] = Outcome(
-            command.command_id, "succeeded", result=result, events=(event,)
-        )
-    conversation_store.add_template_messages(conn, messages)
-    conversation_store.add_follow_ups(conn, follow_ups)
-    _record(conn, outcomes)
-    if items:
-        _count("reused" if written[item.command.command_id][1] else "created" for item in items)
-        logger.info("initiation.succeeded", commands=len(items))
-    return outcomes
+@dataclass(frozen=True, slots=True)
+class Built:
+    """What one initiation writes: its conversation (fresh or updated), its template
+    message and follow-ups, and its outcome with its event."""
+
+    conversation: Mapping[str, Any]
+    message: dict[str, Any]
+    follow_ups: list[dict[str, Any]]
+    outcome: Outcome
+    reused: bool
 
 
-def _fresh_row(command: InitiateOutbound, decision: OpenFresh) -> dict[str, Any]:
-    request, channel = command.request, decision.channel
-    return {
+def _built_fresh(item: Pending, decision: OpenFresh, now: datetime) -> Built:
+    command, request, channel = item.command, item.request, decision.channel
+    conversation = {
+        "id": uuid4(),
         "workspace_id": command.workspace_id,
         "channel_id": channel.id,
         "contact_id": request.contact_id,
@@ -424,7 +417,51 @@ def _fresh_row(command: InitiateOutbound, decision: OpenFresh) -> dict[str, Any]
         "context": _context(request),
         "opt_in": request.opt_in,
         "command_id": command.command_id,
+        "created_at": now,
+        "updated_at": now,
     }
+    return _built(item, conversation, None, 0)
+
+
+def _built_reuse(conn: Connection, item: Pending, decision: Reuse) -> Built:
+    return _built(item, *_reuse(conn, item.command, decision))
+
+
+def _built(
+    item: Pending,
+    conversation: Mapping[str, Any],
+    previous_control: str | None,
+    last_position: int,
+) -> Built:
+    command, eligible, request = item.command, item.eligible, item.request
+    rendered = eligible.template.render(request.template.parameters)
+    message = {
+        "conversation_id": conversation["id"],
+        "template_id": eligible.template.id,
+        "body": rendered,
+        "command_id": command.command_id,
+    }
+    follow_ups = [
+        {
+            "conversation_id": conversation["id"],
+            "position": last_position + offset,
+            "content": follow_up.model_dump(mode="json", exclude_unset=True),
+            "command_id": command.command_id,
+        }
+        for offset, follow_up in enumerate(request.follow_ups, start=1)
+    ]
+    result = initiation_result(
+        command.command_id,
+        conversation,
+        eligible.contact,
+        eligible.template,
+        rendered,
+        follow_ups_count=len(request.follow_ups),
+        already_initiated=previous_control is not None,
+    )
+    event = initiation_event(command, eligible, conversation, previous_control)
+    outcome = Outcome(command.command_id, "succeeded", result=result, events=(event,))
+    return Built(conversation, message, follow_ups, outcome, previous_control is not None)
 
 
 def _reuse(

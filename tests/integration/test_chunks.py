@@ -287,12 +287,12 @@ class TestStatementsOfOneInitiation:
             "UPDATE commands",  # processing
             "WITH commands",  # the queue's backlog to take along: none
             "SELECT workspaces",  # the catalog's version, with the contacts
+            "SELECT",  # now(), the conversations' creation time (one channel: no draft)
             "INSERT channel_fences",  # the lock's token
             "SELECT commands",  # claim, under the lock
             "SELECT conversations",  # the contact's
             "SELECT channel_openings",  # quota
             "SELECT channel_fences",  # fence check
-            "SELECT",  # now(), the conversations' creation time
             "INSERT conversations",  # a few rows: no COPY
             "INSERT channel_openings",
             "INSERT messages",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -83,7 +84,7 @@ def opened_last_24h(conn: Connection, channel_ids: Collection[UUID]) -> dict[UUI
 
 _OPENING = pg_insert(channel_openings).values(
     channel_id=bindparam("opened_on"),
-    hour=func.date_trunc("hour", func.now()),
+    hour=func.date_trunc("hour", bindparam("at")),
     n=bindparam("opened"),
 )
 _ADD_OPENINGS = _OPENING.on_conflict_do_update(
@@ -92,32 +93,30 @@ _ADD_OPENINGS = _OPENING.on_conflict_do_update(
 )
 
 
-def count_openings(conn: Connection, opened: Counter[UUID]) -> None:
-    """Adds fresh conversations to their channels' current hour, in the caller's transaction."""
+def count_openings(conn: Connection, opened: Counter[UUID], at: datetime) -> None:
+    """Adds fresh conversations to their channels' hour of ``at`` (their ``created_at``), in
+    the caller's transaction."""
     if opened:
         conn.execute(
             _ADD_OPENINGS,
-            [{"opened_on": channel, "opened": n} for channel, n in sorted(opened.items())],
+            [{"opened_on": c, "opened": n, "at": at} for c, n in sorted(opened.items())],
         )
 
 
 _NOW = select(func.now())
 
 
-def insert_conversations(conn: Connection, values: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fresh conversations in one write (``bulk.copy_rows``); returns them as rows (without
-    ``seq``), in order.
+def database_time(conn: Connection) -> datetime:
+    """The server's ``now()``: conversations are stamped with it, not the worker's clock."""
+    return conn.execute(_NOW).scalar_one()
 
-    ``created_at`` and ``updated_at`` are the transaction's ``now()``, as the column
-    defaults would have made them.
-    """
-    if not values:
-        return []
-    now = conn.execute(_NOW).scalar_one()
-    rows = [{"id": uuid4(), **row, "created_at": now, "updated_at": now} for row in values]
+
+def insert_conversations(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Fresh conversations, ids and times included, in one write (``bulk.copy_rows``)."""
+    if not rows:
+        return
     columns = list(rows[0])
     bulk.copy_rows(conn, conversations, columns, ([row[c] for c in columns] for row in rows))
-    return rows
 
 
 def lock_active(conn: Connection, conversation_id: UUID) -> str | None:
