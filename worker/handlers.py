@@ -15,8 +15,8 @@ One rule, two sizes: a campaign chunk of hundreds of commands and a single initi
    outbox rows (each choice that held as the draft prepared it).
 
 Step 3 does the work that needs no lock while another worker's round may hold them, so
-that under the locks a round spends little more than its reads and writes. A round with
-one candidate channel has nothing to choose: its draft is only the time.
+that under the locks a round spends little more than its reads and writes. A single
+command with one candidate channel has nothing to choose: its draft is only the time.
 
 A command whose choice moved to a channel we do not hold, or whose round lost a race
 (a stale fence, a conversation opened or closed under us), goes round again.
@@ -241,7 +241,7 @@ class Draft:
     def of(cls, conn: Connection, round_: list[Pending]) -> Draft:
         now = conversation_store.database_time(conn)
         candidates = {channel.id for item in round_ for channel in item.eligible.candidates}
-        if len(candidates) == 1:  # nothing to choose: the lock to take is known
+        if len(round_) == 1 and len(candidates) == 1:  # one command, one channel: no choice
             return cls(now, candidates, [], {})
         verdicts = _select(conn, round_)
         fresh = {
@@ -249,6 +249,10 @@ class Draft:
             for item, verdict in verdicts
             if isinstance(verdict, OpenFresh)
         }
+        if len(round_) >= len(candidates):
+            # A round that big locks every candidate: the choices made without the locks
+            # may all fall on one channel, those made under them spread as others wrote.
+            return cls(now, candidates, verdicts, fresh)
         chosen = {v.channel.id for _, v in verdicts if isinstance(v, OpenFresh | Reuse)}
         return cls(now, chosen, verdicts, fresh)
 

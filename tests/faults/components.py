@@ -60,6 +60,24 @@ def paused(stack: FaultStack, name: str) -> Iterator[None]:
         os.killpg(group, signal.SIGCONT)
 
 
+@contextmanager
+def waiting_commands_locked(engine: Engine, workspace_id: UUID) -> Iterator[int]:
+    """Row-locks the workspace's commands still waiting (``FOR UPDATE SKIP LOCKED``: a
+    round that claimed its own writes on) in a transaction of the test's own, rolled back
+    on leaving; yields how many. The next round's claim, its first statement under the
+    channel locks, waits right there, before its fences are checked."""
+    with engine.connect() as conn, conn.begin() as transaction:
+        locked = conn.execute(
+            text(
+                "SELECT id FROM commands WHERE workspace_id = :workspace_id"
+                " AND status = 'accepted' FOR UPDATE SKIP LOCKED"
+            ),
+            {"workspace_id": workspace_id},
+        ).all()
+        yield len(locked)
+        transaction.rollback()
+
+
 class TableLock:
     """``LOCK TABLE table IN mode MODE`` held in a transaction of the test's own while the
     block runs (rolled back after): a component whose next statement conflicts waits

@@ -28,6 +28,7 @@ from tests.faults.components import (
     sum_logged,
     unpublished,
     wait_for,
+    waiting_commands_locked,
     waiting_on_lock,
 )
 from tests.faults.conftest import SWEEP_AFTER_S
@@ -63,10 +64,10 @@ HOLDER_FAULT_AT = 2_000
 @pytest.mark.slow
 def test_lock_holder_paused_past_its_ttl(fault_stack, fault_engine, fault_redis, fault_world):
     """Two campaign workers on the same three channels. One is caught holding the channel
-    locks with its fencing tokens issued, before its write checks them: it waits on
-    ``LOCK TABLE conversations IN ACCESS EXCLUSIVE MODE``, taken by the test, in the first
-    read under the locks (a campaign round reads conversations nowhere else). It is
-    SIGSTOPped there, the table lock released, and the other worker goes on with the
+    locks with its fencing tokens issued, before its write checks them: it waits on the
+    row locks the test holds on every waiting command, in its claim, the first statement
+    under the channel locks (its draft, before them, only reads). It is SIGSTOPped
+    there, the row locks released, and the other worker goes on with the
     batch: its locks expired, the other takes them and issues newer tokens. Resumed, the
     first finds its tokens stale (``initiation.lost_race`` ``stale_fence``), writes
     nothing and goes round again."""
@@ -78,9 +79,9 @@ def test_lock_holder_paused_past_its_ttl(fault_stack, fault_engine, fault_redis,
     post_batch(fault_stack, ws, BATCH_CAMPAIGN, ws.contacts)
     wait_progress(fault_engine, ws.workspace_id, HOLDER_FAULT_AT, BATCH_LEADS)
     with ExitStack() as fault:
-        with TableLock(fault_engine, "conversations", "ACCESS EXCLUSIVE"):
+        with waiting_commands_locked(fault_engine, ws.workspace_id):
             wait_for(
-                lambda: waiting_on_lock(fault_engine, "campaign-worker", "SELECT %conversations%"),
+                lambda: waiting_on_lock(fault_engine, "campaign-worker", "SELECT %FOR UPDATE"),
                 30,
                 "campaign-worker waiting under its channel locks",
             )

@@ -262,7 +262,7 @@ def finish(conn: Connection, outcomes: Collection[Outcome]) -> None:
 _FINISH = text(
     "UPDATE commands SET status = outcome.status, result = outcome.result,"
     " error = outcome.error, error_code = outcome.code,"
-    " updated_at = now(), completed_at = clock_timestamp()"
+    " updated_at = now(), completed_at = now()"
     " FROM json_to_recordset(CAST(:outcomes AS json))"
     " AS outcome(id uuid, status text, result json, error json, code text)"
     " WHERE commands.id = outcome.id"
