@@ -215,7 +215,7 @@ def _reporter_duplicates(stack, names=("reporter",)) -> int:
 # --- 6: the reporter killed mid-stream, a second one beside its replacement ----------------
 
 REPORTERS = ("reporter", "reporter-2")
-# Early: the backlog of two batches must build up while the reporter is held.
+# Early: the backlog of three batches must build up while the reporter is held.
 REPORTER_FAULT_AT = 1_000
 
 
@@ -225,9 +225,10 @@ def test_reporter_killed_mid_stream_then_two(fault_stack, fault_engine, fault_re
     is held at its insert of their event ids by ``LOCK TABLE campaign_events_counted IN
     SHARE MODE`` while a backlog builds, let through once (its next read takes a full
     batch of the backlog), and killed at the next insert. Those entries stay pending on a
-    dead consumer. A restarted reporter (a new consumer name) and a second one beside it
-    share the rest of the stream, and one of them claims the dead consumer's entries with
-    XAUTOCLAIM once idle for CLAIM_IDLE_MS. The stats end exactly equal to the database's
+    dead consumer. A restarted reporter (a new consumer name) and a second one beside it,
+    both held at their first count until each has read a batch, share the rest of the
+    stream, and one of them claims the dead consumer's entries with XAUTOCLAIM once idle
+    for CLAIM_IDLE_MS. The stats end exactly equal to the database's
     counts, in the stats table and through the API."""
     fault_stack.add("reporter-2", ["reporter"])
     ws = volume_workspace(fault_world, BATCH_LEADS, LIMITS, opted_out=OPTED_OUT)
@@ -239,14 +240,17 @@ def test_reporter_killed_mid_stream_then_two(fault_stack, fault_engine, fault_re
     with TableLock(fault_engine, "campaign_events_counted", "SHARE") as lock:
         wait_for(lambda: _pending(fault_redis, dead) > 0, 30, "the reporter held at its count")
         wait_for(
-            lambda: _undelivered(fault_redis) >= 2 * BATCH_SIZE, 60, "a backlog of two batches"
+            lambda: _undelivered(fault_redis) >= 3 * BATCH_SIZE, 60, "a backlog of three batches"
         )
         lock.let_one_through()
         wait_for(lambda: _pending(fault_redis, dead) == BATCH_SIZE, 30, "a full batch read")
         fault_stack.kill("reporter")
-    left_pending = _pending(fault_redis, dead)
-    fault_stack.start(*REPORTERS)
-    repaired_at = time.time()
+        left_pending = _pending(fault_redis, dead)
+        fault_stack.start(*REPORTERS)
+        repaired_at = time.time()
+        # Both held at their first count, a batch each: the first one up cannot take the
+        # whole backlog before the second reads (the batch may have finished by now).
+        wait_for(lambda: _holding(fault_redis) == 2, 30, "both new reporters held at their count")
     wait_all_terminal(fault_engine, ws.workspace_id, WAIT_TERMINAL_S)
     claimed_s = wait_for(
         lambda: _group_pending(fault_redis) == 0,
@@ -286,6 +290,11 @@ def test_reporter_killed_mid_stream_then_two(fault_stack, fault_engine, fault_re
 
 def _pending(redis, consumer: str) -> int:
     return pending_by_consumer(redis, STREAM, GROUP).get(consumer, 0)
+
+
+def _holding(redis) -> int:
+    """Consumers with entries pending, the dead one's aside."""
+    return sum(1 for n in pending_by_consumer(redis, STREAM, GROUP).values() if n > 0) - 1
 
 
 def _undelivered(redis) -> int:
