@@ -372,7 +372,7 @@ def write(
     }
     conversation_store.insert_conversations(conn, [b.conversation for b in fresh.values()])
     conversation_store.count_openings(
-        conn, Counter(v.channel.id for _, v in settled if isinstance(v, OpenFresh)), draft.now
+        conn, Counter(b.conversation["channel_id"] for b in fresh.values()), draft.now
     )
     built = [
         fresh[item.command.command_id] if isinstance(v, OpenFresh) else _built_reuse(conn, item, v)
