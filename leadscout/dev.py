@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from uuid import UUID
 from core.embedded import start_postgres, start_redis
 from core.settings import Settings
 from leadscout.demo import DEMO_CATALOG, DEMO_CONTACT_ID, DEMO_TEMPLATE_ID
+
+READY_TIMEOUT_S = 60
 
 
 @dataclass
@@ -81,6 +84,7 @@ def run(settings: Settings, host: str, port: int) -> None:
         )
         for offset, args in enumerate(commands)
     ]
+    _wait_ready(f"http://{host}:{port}", children)
     _announce(stack, host, port)
     try:
         _supervise(children)
@@ -99,6 +103,20 @@ def _with_metrics_port(env: dict[str, str], offset: int) -> dict[str, str]:
     if not base or offset == 0:  # the API serves /metrics on its own port
         return {k: v for k, v in env.items() if k != "LEADSCOUT_METRICS_PORT"}
     return {**env, "LEADSCOUT_METRICS_PORT": str(int(base) + offset)}
+
+
+def _wait_ready(base: str, children: list[subprocess.Popen[bytes]]) -> None:
+    """Until the API answers ``/readyz`` (so the curl announced next works as pasted), a
+    child exits (``_supervise`` reports it), or READY_TIMEOUT_S pass."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline and all(child.poll() is None for child in children):
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:  # not listening yet, or 503 while a server is unreachable
+            pass
+        time.sleep(0.2)
 
 
 def _announce(stack: DevStack, host: str, port: int) -> None:
