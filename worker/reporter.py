@@ -41,8 +41,11 @@ logger = structlog.get_logger(__name__)
 
 GROUP = "leadscout-reporter"
 CLAIM_IDLE_MS = 30_000
-BATCH_SIZE = 500
+BATCH_SIZE = 1_000
 BLOCK_MS = 1_000
+# After a short batch, wait this long before reading again: a busy stream then comes in
+# full batches rather than a few hundred entries per round trip and transaction.
+LINGER_S = 0.1
 LAG_EVERY_S = 5.0
 # Redis 6.2 (the embedded server) reports no group lag; the fallback counts at most this many.
 LAG_SCAN_LIMIT = 10_000
@@ -358,6 +361,8 @@ def _loop(reporter: Reporter, stop: _StopFlag, retention: Retention | None = Non
     while not stop.requested:
         try:
             handled = reporter.step()
+            if 0 < handled < reporter.batch_size:
+                stop.sleep(LINGER_S)
             # When idle (the read waited block_ms for nothing) or every LAG_EVERY_S when busy.
             if not handled or time.monotonic() >= lag_due:
                 reporter.refresh_lag()

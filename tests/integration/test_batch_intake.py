@@ -70,15 +70,15 @@ def stored(engine: Engine) -> tuple[set[UUID], set[UUID]]:
 class TestPublished:
     """Every accepted command is published once, in chunks of at most CHUNK_SIZE."""
 
-    def test_1200_commands_leave_in_three_chunks_after_the_commit(self, engine, world, monkeypatch):
+    def test_2500_commands_leave_in_three_chunks_after_the_commit(self, engine, world, monkeypatch):
         sent: list[list[UUID]] = []
         monkeypatch.setattr(tasks, "publish_chunk", publishing(sent))
 
-        answer = accept(engine, world, raw_body(1200))
+        answer = accept(engine, world, raw_body(2500))
 
         batch_ids, command_ids = stored(engine)
-        assert (answer["accepted"], batch_ids) == (1200, {UUID(answer["batchId"])})
-        assert [len(chunk) for chunk in sent] == [500, 500, 200]
+        assert (answer["accepted"], batch_ids) == (2500, {UUID(answer["batchId"])})
+        assert [len(chunk) for chunk in sent] == [1000, 1000, 500]
         assert {command_id for chunk in sent for command_id in chunk} == command_ids
 
     def test_a_replay_publishes_nothing(self, engine, world, monkeypatch):
@@ -122,12 +122,12 @@ class TestBrokerDown:
         sent: list[list[UUID]] = []
         monkeypatch.setattr(tasks, "publish_chunk", publishing(sent, fail_at=1))
 
-        answer = accept(engine, world, raw_body(1200))
+        answer = accept(engine, world, raw_body(2500))
 
         batch_ids, command_ids = stored(engine)
-        assert (answer["accepted"], batch_ids) == (1200, {UUID(answer["batchId"])})
-        assert len(command_ids) == 1200
-        assert [len(chunk) for chunk in sent] == [500]
+        assert (answer["accepted"], batch_ids) == (2500, {UUID(answer["batchId"])})
+        assert len(command_ids) == 2500
+        assert [len(chunk) for chunk in sent] == [1000]
 
 
 class TestPublishingBug:
