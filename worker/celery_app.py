@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 from typing import Any
 
@@ -10,6 +9,7 @@ import structlog
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
+from core.collector import freeze_start_up_objects
 from worker.broker import broker_url
 
 logger = structlog.get_logger(__name__)
@@ -73,9 +73,7 @@ worker_ready.connect(_announce_ready)
 
 
 def _freeze_start_up_objects(**_: Any) -> None:
-    """A pool process's start-up objects live as long as it: out of the collector's sight,
-    a full collection walks only what tasks allocate."""
-    gc.freeze()
+    freeze_start_up_objects()
 
 
 worker_process_init.connect(_freeze_start_up_objects)
