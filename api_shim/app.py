@@ -19,7 +19,7 @@ from api_shim.outcomes import OutcomeListener, outcomes_in
 from api_shim.routes import batches, campaigns, conversations, operations, outbound
 from api_shim.routes.operations import readiness_redis
 from api_shim.subscription import Subscription
-from core.collector import freeze_start_up_objects
+from core import collector
 from core.settings import get_settings
 from schemas.api import BlockingConversation, InitiateOutboundRequest
 from schemas.batches import InitiateOutboundBatchRequest
@@ -58,7 +58,7 @@ def create_app() -> FastAPI:
         app.state.intake = Intake(engine, listener, settings.sync_wait_s)
         app.state.batch_intake = BatchIntakeProcess(database_url, redis_url, settings.log_format)
         await app.state.batch_intake.warm_up()
-        freeze_start_up_objects()
+        collector.after_start_up()
         yield
         app.state.batch_intake.close()
         await asyncio.gather(listener.stop(), revocations.stop())

@@ -25,8 +25,7 @@ from sqlalchemy.exc import OperationalError
 from api_shim import batch_intake
 from api_shim.body import parse
 from api_shim.problems import ApiProblem, DependencyUnavailable
-from core import logs
-from core.collector import freeze_start_up_objects
+from core import collector, logs
 from schemas.batches import InitiateOutboundBatchRequest
 from schemas.errors import ErrorCode, Problem
 from worker.celery_app import use_broker
@@ -47,7 +46,7 @@ def _start(database_url: str, redis_url: str, log_format: str) -> None:
     logs.configure(log_format)
     use_broker(redis_url)
     _database_url = database_url
-    freeze_start_up_objects()
+    collector.after_start_up()
 
 
 def _accept(

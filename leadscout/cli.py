@@ -11,8 +11,7 @@ from uuid import UUID
 
 import typer
 
-from core import logs
-from core.collector import freeze_start_up_objects
+from core import collector, logs
 from core.settings import ConfigurationError, get_settings
 
 cli = typer.Typer(
@@ -225,7 +224,7 @@ def campaign_launch(
     launch = launcher.Launch(
         contacts, str(template), campaign, str(channel) if channel else None, batch_size, timeout
     )
-    freeze_start_up_objects()  # a launch of a million rows runs for minutes
+    collector.after_start_up()  # a launch of a million rows runs for minutes
     try:
         summary = launcher.launch(launch, api_url, api_key, str(workspace), Console(stderr=True))
     except launcher.UsageError as exc:

@@ -9,7 +9,7 @@ import structlog
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
-from core.collector import freeze_start_up_objects
+from core import collector
 from worker.broker import broker_url
 
 logger = structlog.get_logger(__name__)
@@ -72,8 +72,8 @@ def _announce_ready(sender: Any, **_: Any) -> None:
 worker_ready.connect(_announce_ready)
 
 
-def _freeze_start_up_objects(**_: Any) -> None:
-    freeze_start_up_objects()
+def _pool_process_started(**_: Any) -> None:
+    collector.after_start_up()
 
 
-worker_process_init.connect(_freeze_start_up_objects)
+worker_process_init.connect(_pool_process_started)

@@ -30,7 +30,7 @@ from sqlalchemy import BigInteger, Engine, Row, Select, Text, any_, bindparam, f
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import SQLAlchemyError
 
-from core.collector import freeze_start_up_objects
+from core import collector
 from core.settings import get_settings
 from worker import metrics
 from worker.store import bulk
@@ -182,7 +182,7 @@ def run_forever(database_url: str, redis_url: str, stream: str, idle_sleep_s: fl
     _serve_metrics()
     stop = _StopFlag()
     logger.info("relay.started", stream=stream, sweep_after_s=sweeper.after_s)
-    freeze_start_up_objects()
+    collector.after_start_up()
     failures = 0
     memory_checked = 0.0
     while not stop.requested:

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from core.collector import freeze_start_up_objects
+from core import collector
 from schemas.api import CampaignId
 from worker import metrics
 from worker.relay import EVENT_FIELD, _serve_metrics, _StopFlag
@@ -352,7 +352,7 @@ def run_forever(database_url: str, redis_url: str, stream: str) -> None:
     _serve_metrics()
     stop = _StopFlag()
     logger.info("reporter.started", stream=stream, group=GROUP, consumer=reporter.consumer)
-    freeze_start_up_objects()
+    collector.after_start_up()
     _loop(reporter, stop)
     logger.info("reporter.stopped")
 
