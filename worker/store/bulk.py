@@ -38,10 +38,12 @@ def any_of(column: Column[Any], ids: Iterable[UUID]) -> ColumnElement[bool]:
 
 
 def wanted_ids(name: str, column: str = "id") -> Any:
-    """``unnest(:name) AS wanted(column)``, to join a table to a list of ids: one index
-    lookup per id. The planner costs ``column = ANY(:ids)`` as matching the whole table
-    while the column has no statistics yet (a new workspace's first campaign), and picks a
-    scan of everything that grows with the campaign."""
+    """``unnest(:name) AS wanted(column)``, to look a table up once per id: join it as a
+    LATERAL subquery the planner cannot flatten (``OFFSET 0``, ``DISTINCT ON``), and each
+    id is one index lookup. The planner costs ``column = ANY(:ids)`` as matching the whole
+    table while the column has no statistics yet (a new workspace's first campaign), and
+    picks a scan of everything that grows with the campaign; a plain join of a thousand ids
+    it planned as a hash of the whole table."""
     return func.unnest(id_array(name)).table_valued(column).render_derived(name="wanted")
 
 

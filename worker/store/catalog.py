@@ -90,10 +90,9 @@ def load(
 # One row per contact found, or one row of NULLs: the version comes back either way.
 # Each contact is looked up by its id alone (see bulk.wanted_ids) and kept if it is the
 # workspace's: with the workspace in the join, a planner whose statistics predate an
-# import scans the whole workspace for every chunk. The lookup is a LATERAL subquery per
-# id, kept one by its OFFSET 0: flattened into a join, a chunk of a thousand ids was
-# planned as a hash of the whole table (29 µs per contact at 100,000 contacts, and growing
-# with them; 5 µs as lookups).
+# import scans the whole workspace for every chunk. As a plain join, a chunk of a thousand
+# ids was planned as a hash of the whole table (29 µs per contact at 100,000 contacts, and
+# growing with them; 5 µs as lookups).
 _WANTED = bulk.wanted_ids("ids")
 _CONTACT = (
     select(
