@@ -4,14 +4,15 @@ that grows with every import."""
 
 from __future__ import annotations
 
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 from redis import Redis
 from sqlalchemy import Engine, text
 from sqlalchemy.dialects import postgresql
 
-from tests.world import World
+from schemas.api import InitiateOutboundRequest
+from tests.world import World, body
 from worker.store import catalog
 
 CONTACTS = 20_000
@@ -51,13 +52,10 @@ def test_the_read_returns_each_contact_once(engine, contact_ids):
     workspace_id, ids = contact_ids
 
     with engine.connect() as conn:
-        found = catalog.load(conn, workspace_id, [_Wanting(i) for i in ids[:CHUNK]])
+        found = catalog.load(conn, workspace_id, [request(i) for i in ids[:CHUNK]])
 
     assert sorted(found.contacts) == sorted(ids[:CHUNK])
 
 
-class _Wanting:
-    """What ``catalog.load`` reads of a request: its contact."""
-
-    def __init__(self, contact_id: UUID) -> None:
-        self.contact_id = contact_id
+def request(contact_id: UUID) -> InitiateOutboundRequest:
+    return InitiateOutboundRequest.model_validate(body(contact_id, uuid4()))
