@@ -232,21 +232,27 @@ def test_reporter_killed_mid_stream_then_two(fault_stack, fault_engine, fault_re
     counts, in the stats table and through the API."""
     fault_stack.add("reporter-2", ["reporter"])
     ws = volume_workspace(fault_world, BATCH_LEADS, LIMITS, opted_out=OPTED_OUT)
-    fault_stack.start(*(name for name in fault_stack.specs if name != "reporter-2"))
+    start_named(fault_stack, *(name for name in fault_stack.specs if name != "reporter-2"))
     post_batch(fault_stack, ws, BATCH_CAMPAIGN, ws.contacts)
     wait_progress(fault_engine, ws.workspace_id, REPORTER_FAULT_AT, BATCH_LEADS)
 
     dead = consumer_name(fault_stack, "reporter")
     with TableLock(fault_engine, "campaign_events_counted", "SHARE") as lock:
-        wait_for(lambda: _pending(fault_redis, dead) > 0, 30, "the reporter held at its count")
+        wait_for(lambda: _held(fault_engine), 30, "the reporter held at its count")
         wait_for(
             lambda: _undelivered(fault_redis) >= 3 * BATCH_SIZE, 60, "a backlog of three batches"
         )
         lock.let_one_through()
-        wait_for(lambda: _pending(fault_redis, dead) == BATCH_SIZE, 30, "a full batch read")
+        # Held again, not only a full batch pending: a full batch let through is pending too
+        # between its commit and its XACK, and killing it there would leave counted entries.
+        wait_for(
+            lambda: _held(fault_engine) and _pending(fault_redis, dead) == BATCH_SIZE,
+            30,
+            "a full batch read and held at its count",
+        )
         fault_stack.kill("reporter")
         left_pending = _pending(fault_redis, dead)
-        fault_stack.start(*REPORTERS)
+        start_named(fault_stack, *REPORTERS)
         repaired_at = time.time()
         # Both held at their first count, a batch each: the first one up cannot take the
         # whole backlog before the second reads (the batch may have finished by now).
@@ -286,6 +292,11 @@ def test_reporter_killed_mid_stream_then_two(fault_stack, fault_engine, fault_re
     assert counted["reporter-2"] > 0  # the second reporter shared the work
     assert sum(counted.values()) == BATCH_LEADS  # each event counted once, by one of them
     assert _api_stats(fault_stack, ws) == _expected_stats(fault_engine, ws.workspace_id)
+
+
+def _held(engine) -> bool:
+    """Whether the reporter waits on the test's lock at its insert of counted event ids."""
+    return waiting_on_lock(engine, "reporter", "INSERT INTO campaign_events_counted%")
 
 
 def _pending(redis, consumer: str) -> int:
