@@ -322,7 +322,7 @@ def _wait_settled(engine: Engine) -> None:
                 text(
                     "SELECT EXISTS (SELECT 1 FROM commands"
                     "  WHERE status IN ('accepted', 'processing'))"
-                    " OR EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)"
+                    " OR EXISTS (SELECT 1 FROM outbox_writes WHERE published_at IS NULL)"
                 )
             ).scalar_one()
 

@@ -357,8 +357,9 @@ def _wait_outbox_sent(engine: Engine, workspace: Workspace) -> None:
         with engine.connect() as conn:
             return not conn.execute(
                 text(
-                    "SELECT EXISTS (SELECT 1 FROM outbox"
-                    " WHERE published_at IS NULL AND workspace_id = :workspace)"
+                    "SELECT EXISTS (SELECT 1 FROM outbox_writes w JOIN outbox o"
+                    " ON o.write_id = w.id"
+                    " WHERE w.published_at IS NULL AND o.workspace_id = :workspace)"
                 ),
                 {"workspace": workspace.id},
             ).scalar_one()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from itertools import groupby
 from typing import Any
@@ -331,26 +331,32 @@ def reject(
     conn: Connection, rejected: list[tuple[InitiateOutbound, Rejection]]
 ) -> dict[UUID, Outcome]:
     """Invariant 5: a rejection writes only the outcome and its event."""
-    outcomes = {
-        command.command_id: Outcome(
-            command.command_id,
-            "failed",
-            error=rejection.as_problem(),
-            events=(rejection_event(command, rejection.code),),
-        )
-        for command, rejection in rejected
-    }
-    _record(conn, outcomes)
+    outcomes = _record(
+        conn,
+        {
+            command.command_id: Outcome(
+                command.command_id,
+                "failed",
+                error=rejection.as_problem(),
+                events=(rejection_event(command, rejection.code),),
+            )
+            for command, rejection in rejected
+        },
+    )
     if rejected:
         _count(rejection.code.value for _, rejection in rejected)
         logger.info("initiation.rejected", commands=len(rejected))
     return outcomes
 
 
-def _record(conn: Connection, outcomes: dict[UUID, Outcome]) -> None:
-    """The outcomes' events into the outbox and the outcomes onto their commands."""
-    outbox.add_many(conn, [(event, o.command_id) for o in outcomes.values() for event in o.events])
+def _record(conn: Connection, outcomes: dict[UUID, Outcome]) -> dict[UUID, Outcome]:
+    """The outcomes' events into the outbox and the outcomes onto their commands; returns
+    the outcomes with the outbox write that holds their events."""
+    write_id = outbox.add_many(
+        conn, [(event, o.command_id) for o in outcomes.values() for event in o.events]
+    )
     commands.finish(conn, outcomes.values())
+    return {command_id: replace(o, write_id=write_id) for command_id, o in outcomes.items()}
 
 
 def _count(outcomes: Iterable[str]) -> None:
@@ -381,8 +387,7 @@ def write(
     ]
     conversation_store.add_template_messages(conn, [b.message for b in built])
     conversation_store.add_follow_ups(conn, [row for b in built for row in b.follow_ups])
-    initiated = {b.outcome.command_id: b.outcome for b in built}
-    _record(conn, initiated)
+    initiated = _record(conn, {b.outcome.command_id: b.outcome for b in built})
     if built:
         _count("reused" if b.reused else "created" for b in built)
         logger.info("initiation.succeeded", commands=len(built))

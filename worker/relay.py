@@ -1,15 +1,16 @@
 """The outbox relay: moves committed outbox rows to the Redis Stream (SPEC 6, invariant 4),
 and runs the command sweeper (``worker.sweeper``, SPEC 5.2) in the same loop.
 
-Rows are sent with XADD *before* the transaction that marks them published commits, so a
-crash in between sends them again: delivery is at least once and subscribers dedupe by the
-CloudEvents ``id``. ``FOR UPDATE SKIP LOCKED`` lets any number of relays run at once
-without two of them sending the same row concurrently, nor the workers' fast path, which
-marks and sends its own rows.
+Each transaction's outbox rows belong to one ``outbox_writes`` row, which is marked
+published for all of them. A write's rows are sent with XADD *before* the transaction that
+marks it published commits, so a crash in between sends them again: delivery is at least
+once and subscribers dedupe by the CloudEvents ``id``. ``FOR UPDATE SKIP LOCKED`` on the
+write lets any number of relays run at once without two of them sending the same rows
+concurrently, nor the workers' fast path, which marks and sends its own writes.
 
-A row marked published may still be lost to its subscribers: Redis restarted without
+A write marked published may still be lost to its subscribers: Redis restarted without
 persistence (or flushed) before they read its entry. The relay keeps a key in Redis; when
-the key is gone, Redis lost its data, and the rows published in the last
+the key is gone, Redis lost its data, and the writes published in the last
 ``REPLAY_WINDOW_S`` are sent again (``replay_after_data_loss``).
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
 
@@ -26,17 +27,16 @@ from kombu.exceptions import OperationalError as BrokerError
 from prometheus_client import start_http_server
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import BigInteger, Engine, Row, Select, Text, any_, bindparam, func, select, update
+from sqlalchemy import BigInteger, Engine, Row, Text, any_, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import SQLAlchemyError
 
 from core import collector
 from core.settings import get_settings
 from worker import metrics
-from worker.store import bulk
 from worker.store.db import get_engine
 from worker.store.outbox import Written
-from worker.store.tables import outbox
+from worker.store.tables import outbox, outbox_writes
 
 logger = structlog.get_logger(__name__)
 
@@ -52,91 +52,128 @@ MEMORY_CHECK_S = 1.0
 
 
 def relay_batch(engine: Engine, redis: Redis, stream: str, limit: int = 500) -> int:
-    """Sends the oldest unpublished rows no other relay holds; returns how many."""
+    """Sends the oldest unpublished writes no other relay holds, whole, about ``limit``
+    events in all (at least one write); returns how many events."""
     with engine.begin() as conn:
-        rows = conn.execute(_OLDEST, {"at_most": limit}).all()
-        if not rows:
+        oldest = conn.execute(_OLDEST_WRITES, {"at_most": limit}).all()
+        if not oldest:
             return 0
-        _xadd(redis, stream, [row.payload.encode() for row in rows])
-        conn.execute(_MARK_PUBLISHED, {"row_ids": [row.id for row in rows]})
-    _observe(rows, path="sweep")
-    logger.info("relay.batch_sent", count=len(rows))
-    return len(rows)
+        writes = conn.execute(_LOCK_WRITES, {"write_ids": _up_to(oldest, limit)}).all()
+        if not writes:
+            return 0
+        write_ids = [write.id for write in writes]
+        payloads = conn.execute(_PAYLOADS, {"write_ids": write_ids}).scalars().all()
+        _xadd(redis, stream, [payload.encode() for payload in payloads])
+        conn.execute(_MARK_PUBLISHED, {"write_ids": write_ids})
+    _observe(writes, len(payloads), path="sweep")
+    logger.info("relay.batch_sent", count=len(payloads), writes=len(writes))
+    return len(payloads)
 
 
-def publish_now(engine: Engine, redis: Redis, stream: str, events: Sequence[Written]) -> int:
-    """The worker's fast path after its commit: sends these events, as it wrote them to the
-    outbox (no read-back), unless another relay sent them already.
+def _up_to(writes: Sequence[Row[int, int]], limit: int) -> list[int]:
+    """The oldest writes whose events add up to ``limit`` at most; the first one whatever
+    its size."""
+    taken: list[int] = []
+    events = 0
+    for write in writes:
+        events += write.events
+        if taken and events > limit:
+            break
+        taken.append(write.id)
+    return taken
 
-    One statement marks them and their XADD follows in the same transaction: the mark
+
+def publish_now(
+    engine: Engine, redis: Redis, stream: str, writes: Mapping[int, Sequence[Written]]
+) -> int:
+    """The worker's fast path after its commits: sends these writes' events, as it wrote
+    them to the outbox (no read-back), unless another relay sent them already; returns how
+    many events.
+
+    One statement marks the writes and their XADD follows in the same transaction: the mark
     commits only after the XADD, so a crash in between leaves them for the relay to send
-    again, as with ``relay_batch``. A row a relay holds is passed over: that relay sends it."""
-    if not events:
+    again, as with ``relay_batch``. A write a relay holds is passed over: that relay sends it."""
+    if not writes:
         return 0
     with engine.begin() as conn:
-        rows = conn.execute(_MARK_NAMED, {"event_ids": [event.id for event in events]}).all()
-        if not rows:
+        marked = conn.execute(_MARK_NAMED, {"write_ids": list(writes)}).all()
+        if not marked:
             return 0
-        marked = {row.event_id for row in rows}
-        _xadd(redis, stream, [event.json for event in events if event.id in marked])
-    _observe(rows, path="direct")
-    return len(rows)
+        events = [event.json for write in marked for event in writes[write.id]]
+        _xadd(redis, stream, events)
+    _observe(marked, len(events), path="direct")
+    return len(events)
 
 
 def replay_after_data_loss(
     engine: Engine, redis: Redis, window_s: float = REPLAY_WINDOW_S
 ) -> int | None:
-    """If Redis lost its data since the last call, marks the rows published in the last
-    ``window_s`` unpublished again, for ``relay_batch`` to send; returns how many (None: no
-    loss). The key is set after the commit: a crash in between replays again (duplicates
-    that subscribers drop by event id), never less. Several relays may replay at once."""
+    """If Redis lost its data since the last call, marks the writes published in the last
+    ``window_s`` unpublished again, for ``relay_batch`` to send; returns how many events
+    (None: no loss). The key is set after the commit: a crash in between replays again
+    (duplicates that subscribers drop by event id), never less. Several relays may replay
+    at once."""
     if redis.exists(MEMORY_KEY):
         return None
     since = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, window_s)
     with engine.begin() as conn:
-        replayed = conn.execute(
-            update(outbox).where(outbox.c.published_at > since).values(published_at=None)
-        ).rowcount
+        replayed: int = sum(
+            conn.execute(
+                update(outbox_writes)
+                .where(outbox_writes.c.published_at > since)
+                .values(published_at=None)
+                .returning(outbox_writes.c.events)
+            ).scalars()
+        )
     redis.set(MEMORY_KEY, "1")
     if replayed:
         logger.warning("relay.redis_data_lost", replayed=replayed, window_s=window_s)
-    return int(replayed)
+    return replayed
 
 
-def _lag_s() -> Any:
-    return func.extract("epoch", func.clock_timestamp() - outbox.c.created_at).label("lag_s")
+_WRITE_IDS = bindparam("write_ids", type_=ARRAY(BigInteger))
+_UNPUBLISHED = outbox_writes.c.published_at.is_(None)
+_LAG_S = func.extract("epoch", func.clock_timestamp() - outbox_writes.c.created_at).label("lag_s")
 
-
-def _unpublished(*columns: Any) -> Select[Any]:
-    return (
-        select(outbox.c.id, *columns, _lag_s())
-        .where(outbox.c.published_at.is_(None))
-        .order_by(outbox.c.id)
-        .with_for_update(skip_locked=True)
-    )
-
-
-# The payload's text as stored (json keeps it verbatim): sent as is, not parsed and encoded.
-_OLDEST = _unpublished(outbox.c.payload.cast(Text).label("payload")).limit(bindparam("at_most"))
-# The rows are locked in a subquery so that SKIP LOCKED applies: a row a relay is sending is
-# left to it, not waited for.
-_NAMED_ROWS = (
-    select(outbox.c.id)
-    .where(outbox.c.event_id == any_(bulk.id_array("event_ids")), outbox.c.published_at.is_(None))
+# Read without locks, to choose how many to take; then locked, passing over those another
+# relay or a fast path holds (a lock per write, not per event).
+_OLDEST_WRITES = (
+    select(outbox_writes.c.id, outbox_writes.c.events)
+    .where(_UNPUBLISHED)
+    .order_by(outbox_writes.c.id)
+    .limit(bindparam("at_most"))
+)
+_LOCK_WRITES = (
+    select(outbox_writes.c.id, _LAG_S)
+    .where(outbox_writes.c.id == any_(_WRITE_IDS), _UNPUBLISHED)
+    .order_by(outbox_writes.c.id)
     .with_for_update(skip_locked=True)
-    .scalar_subquery()
 )
-_MARK_NAMED = (
-    update(outbox)
-    .where(outbox.c.id.in_(_NAMED_ROWS))
-    .values(published_at=func.now())
-    .returning(outbox.c.event_id, _lag_s())
+# The payload's text as stored (json keeps it verbatim): sent as is, not parsed and encoded.
+_PAYLOADS = (
+    select(outbox.c.payload.cast(Text))
+    .where(outbox.c.write_id == any_(_WRITE_IDS))
+    .order_by(outbox.c.id)
 )
-
 _MARK_PUBLISHED = (
-    update(outbox)
-    .where(outbox.c.id == any_(bindparam("row_ids", type_=ARRAY(BigInteger))))
+    update(outbox_writes)
+    .where(outbox_writes.c.id == any_(_WRITE_IDS))
     .values(published_at=func.now())
+)
+# Locked in a subquery so that SKIP LOCKED applies: a write a relay is sending is left to it,
+# not waited for.
+_MARK_NAMED = (
+    update(outbox_writes)
+    .where(
+        outbox_writes.c.id.in_(
+            select(outbox_writes.c.id)
+            .where(outbox_writes.c.id == any_(_WRITE_IDS), _UNPUBLISHED)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+    )
+    .values(published_at=func.now())
+    .returning(outbox_writes.c.id, _LAG_S)
 )
 
 
@@ -147,9 +184,9 @@ def _xadd(redis: Redis, stream: str, events: Sequence[bytes]) -> None:
     pipe.execute()
 
 
-def _observe(rows: Sequence[Row[Any]], path: str) -> None:
-    metrics.OUTBOX_LAG.observe(max(float(row.lag_s) for row in rows))
-    metrics.EVENTS_RELAYED.labels(path=path).inc(len(rows))
+def _observe(writes: Sequence[Row[Any]], events: int, path: str) -> None:
+    metrics.OUTBOX_LAG.observe(max(float(write.lag_s) for write in writes))
+    metrics.EVENTS_RELAYED.labels(path=path).inc(events)
 
 
 class _StopFlag:

@@ -20,6 +20,7 @@ from worker.celery_app import app
 from worker.locks import LockWaitTimeout
 from worker.runtime import handler_deps, redis_client
 from worker.store.commands import Outcome, UnknownCommand
+from worker.store.outbox import Written
 
 logger = structlog.get_logger(__name__)
 
@@ -69,9 +70,12 @@ def announce(outcomes: Sequence[Outcome]) -> None:
 def _send_events_now(engine: Engine, outcomes: Sequence[Outcome]) -> None:
     """Fast path for the outcomes' events: the relay would send these too, only later."""
     stream = get_settings().events_stream
-    events = [event for outcome in outcomes for event in outcome.events]
+    writes: dict[int, list[Written]] = {}
+    for outcome in outcomes:
+        if outcome.write_id is not None:
+            writes.setdefault(outcome.write_id, []).extend(outcome.events)
     try:
-        relay.publish_now(engine, redis_client(), stream, events)
+        relay.publish_now(engine, redis_client(), stream, writes)
     except (OperationalError, RedisError):
         logger.warning("initiation.fast_path_failed")
 

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func, select
 
 from tests.e2e.support import STREAM, Api, Catalog, assert_problem, is_rfc3339, is_uuid
 from tests.world import World, body
-from worker.store.tables import outbox
+from worker.store.tables import outbox_writes
 
 ENVELOPE = {
     "specversion",
@@ -281,7 +281,11 @@ class TestLifecycleEvents:
 
 def all_relayed(engine: Engine, timeout_s: float = 15) -> None:
     """Waits until every outbox row reached the stream: nothing more can arrive after."""
-    unpublished = select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+    unpublished = (
+        select(func.count())
+        .select_from(outbox_writes)
+        .where(outbox_writes.c.published_at.is_(None))
+    )
     deadline = time.monotonic() + timeout_s
     with engine.connect() as conn:
         while conn.execute(unpublished).scalar_one():

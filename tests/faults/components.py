@@ -124,7 +124,8 @@ def scalar(engine: Engine, sql: str, **params: object) -> int:
 def unpublished(engine: Engine, workspace_id: UUID) -> int:
     return scalar(
         engine,
-        "SELECT count(*) FROM outbox WHERE workspace_id = :w AND published_at IS NULL",
+        "SELECT count(*) FROM outbox JOIN outbox_writes w ON w.id = outbox.write_id"
+        " WHERE outbox.workspace_id = :w AND w.published_at IS NULL",
         w=workspace_id,
     )
 

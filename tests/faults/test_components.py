@@ -3,12 +3,13 @@ XADD and marking its rows, the reporter killed with entries pending and a second
 started beside its replacement. Each runs a 5,000-lead batch, then counts the invariants.
 
 Scenarios 5 and 6 stop the component at an exact point with a table lock the test holds
-(``components.TableLock``): the relay's ``UPDATE outbox`` and the reporter's insert of
+(``components.TableLock``): the relay's ``UPDATE outbox_writes`` and the reporter's insert of
 its counted event ids wait for it, after the XADD and the XREADGROUP already happened.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import ExitStack
 
@@ -122,18 +123,16 @@ def test_lock_holder_paused_past_its_ttl(fault_stack, fault_engine, fault_redis,
 
 # --- 5: the relay killed between XADD and marking its rows ---------------------------------
 
-RELAY_BATCH = 500  # worker.relay.relay_batch's limit: the rows one claim sends
-
 
 @pytest.mark.slow
 def test_relay_killed_between_xadd_and_marking(fault_stack, fault_engine, fault_redis, fault_world):
-    """The batch runs to completion; then its outbox rows are made unpublished again (what a
-    worker killed between its commit and its fast path leaves), with the relay stopped.
-    Under ``LOCK TABLE outbox IN SHARE MODE`` a new relay claims the first 500 rows (FOR
-    UPDATE SKIP LOCKED is allowed) and XADDs them, and its ``UPDATE ... published_at``
-    waits: it is killed right there. Once the lock is gone, a third relay sends every row
-    again, those 500 included: each is on the stream at least once, and the reporter drops
-    the duplicates by event id."""
+    """The batch runs to completion; then its outbox writes are made unpublished again (what
+    a worker killed between its commit and its fast path leaves), with the relay stopped.
+    Under ``LOCK TABLE outbox_writes IN SHARE MODE`` a new relay claims the oldest writes
+    (FOR UPDATE SKIP LOCKED is allowed) and XADDs their events, and its ``UPDATE ...
+    published_at`` waits: it is killed right there. Once the lock is gone, a third relay
+    sends every row again, those of the killed relay included: each is on the stream at
+    least once, and the reporter drops the duplicates by event id."""
     ws = volume_workspace(fault_world, BATCH_LEADS, LIMITS, opted_out=OPTED_OUT)
     fault_stack.start()
     post_batch(fault_stack, ws, BATCH_CAMPAIGN, ws.contacts)
@@ -144,15 +143,14 @@ def test_relay_killed_between_xadd_and_marking(fault_stack, fault_engine, fault_
 
     fault_stack.kill("relay")
     rows = _mark_unpublished(fault_engine, ws.workspace_id)
-    with TableLock(fault_engine, "outbox", "SHARE"):
+    with TableLock(fault_engine, "outbox_writes", "SHARE"):
         fault_stack.start("relay")
-        wait_for(
-            lambda: fault_redis.xlen(STREAM) >= before.total() + RELAY_BATCH,
-            30,
-            "the relay's XADD",
-        )
+        wait_for(lambda: fault_redis.xlen(STREAM) > before.total(), 30, "the relay's XADD")
         time.sleep(0.3)  # it is blocked, not slow: nothing more comes
-        assert fault_redis.xlen(STREAM) == before.total() + RELAY_BATCH
+        first_sent = fault_redis.xlen(STREAM) - before.total()
+        assert _last_entries(fault_redis, first_sent) == _oldest_writes(
+            fault_engine, ws.workspace_id, first_sent
+        )
         assert unpublished(fault_engine, ws.workspace_id) == rows
         fault_stack.kill("relay")
     fault_stack.start("relay")
@@ -174,6 +172,7 @@ def test_relay_killed_between_xadd_and_marking(fault_stack, fault_engine, fault_
     reporter_duplicates = _reporter_duplicates(fault_stack) - reporter_duplicates_before
     print(
         f"faults[5 relay killed after XADD] rows unpublished: {rows},"
+        f" sent by the killed relay: {first_sent},"
         f" entries sent again: {sent_again.total()},"
         f" events on the stream more than twice: {sum(n > 2 for n in after.values())},"
         f" duplicates the reporter dropped: {reporter_duplicates},"
@@ -181,22 +180,47 @@ def test_relay_killed_between_xadd_and_marking(fault_stack, fault_engine, fault_
     )
     counts.assert_kept()
     assert counts.accepted == BATCH_LEADS == rows
+    assert 0 < first_sent < rows
     assert min(after[event_id] for event_id in outbox_ids) >= 1
-    # Every row once more, and the 500 of the killed relay once more again.
-    assert sent_again.total() == rows + RELAY_BATCH
-    assert sorted(sent_again.values()) == [1] * (rows - RELAY_BATCH) + [2] * RELAY_BATCH
-    assert reporter_duplicates == rows + RELAY_BATCH
+    # Every row once more, and those of the killed relay once more again.
+    assert sent_again.total() == rows + first_sent
+    assert sorted(sent_again.values()) == [1] * (rows - first_sent) + [2] * first_sent
+    assert reporter_duplicates == rows + first_sent
     assert republished_s < SWEEP_AFTER_S + 10
 
 
 def _mark_unpublished(engine, workspace_id) -> int:
+    """Marks the workspace's writes unpublished; returns how many outbox rows they hold."""
     with engine.begin() as conn:
-        return int(
-            conn.execute(
-                text("UPDATE outbox SET published_at = NULL WHERE workspace_id = :w"),
-                {"w": workspace_id},
-            ).rowcount
+        conn.execute(
+            text(
+                "UPDATE outbox_writes SET published_at = NULL"
+                " WHERE id IN (SELECT write_id FROM outbox WHERE workspace_id = :w)"
+            ),
+            {"w": workspace_id},
         )
+    return unpublished(engine, workspace_id)
+
+
+def _last_entries(redis, n: int) -> list[str]:
+    """The event ids of the stream's last ``n`` entries, in stream order."""
+    entries = redis.xrevrange(STREAM, count=n)
+    return [json.loads(fields[b"event"])["id"] for _, fields in reversed(entries)]
+
+
+def _oldest_writes(engine, workspace_id, n: int) -> list[str]:
+    """The event ids of the workspace's first ``n`` outbox rows in write order, which must
+    end at a write's end: a relay sends whole writes, oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT event_id, write_id FROM outbox WHERE workspace_id = :w"
+                " ORDER BY write_id, id"
+            ),
+            {"w": workspace_id},
+        ).all()
+    assert n == len(rows) or rows[n].write_id != rows[n - 1].write_id, "a write sent in part"
+    return [str(row.event_id) for row in rows[:n]]
 
 
 def _outbox_event_ids(engine, workspace_id):

@@ -296,6 +296,7 @@ class TestStatementsOfOneInitiation:
             "INSERT conversations",  # a few rows: no COPY
             "INSERT channel_openings",
             "INSERT messages",
+            "INSERT outbox_writes",  # the write the relay or the fast path marks published
             "INSERT outbox",
             "UPDATE commands",  # outcome
         ]

@@ -27,7 +27,7 @@ from worker.events import rejection_event
 from worker.relay import publish_now, relay_batch
 from worker.store import outbox as outbox_store
 from worker.store.outbox import Written
-from worker.store.tables import outbox
+from worker.store.tables import outbox, outbox_writes
 
 STREAM = "leadscout:events"
 
@@ -40,22 +40,28 @@ def stream_events(redis: Redis) -> list[dict[str, Any]]:
 
 
 def outbox_rows(engine: Engine) -> list[Any]:
+    """The outbox rows in order, each with its write and whether that was published."""
     with engine.connect() as conn:
         query = select(
             outbox.c.event_id,
             outbox.c.event_type,
             outbox.c.workspace_id,
             outbox.c.payload,
-            outbox.c.published_at,
-        )
+            outbox.c.write_id,
+            outbox_writes.c.published_at,
+        ).join_from(outbox, outbox_writes)
         return list(conn.execute(query.order_by(outbox.c.id)))
 
 
-def written(row: Any) -> Written:
-    """An outbox row as the worker's fast path holds it after its write."""
-    return Written(
-        row.event_id, row.event_type, row.workspace_id, jsontext.dumps_bytes(row.payload)
-    )
+def writes_of(*rows: Any) -> dict[int, list[Written]]:
+    """Outbox rows by write, as the worker's fast path holds them after its writes."""
+    writes: dict[int, list[Written]] = {}
+    for row in rows:
+        event = Written(
+            row.event_id, row.event_type, row.workspace_id, jsontext.dumps_bytes(row.payload)
+        )
+        writes.setdefault(row.write_id, []).append(event)
+    return writes
 
 
 def unpublished(engine: Engine) -> int:
@@ -70,19 +76,22 @@ def initiate(world: World, count: int, **extra: Any) -> None:
         assert world.initiate(**body(contact, template, **extra)).status == "succeeded"
 
 
-def insert_rejections(engine: Engine, workspace_id: UUID, count: int) -> None:
-    """Outbox rows written directly, as many as wanted in one transaction."""
+def insert_rejections(engine: Engine, workspace_id: UUID, count: int, per_write: int = 1) -> None:
+    """Outbox rows written directly, ``per_write`` to a write, all in one transaction."""
     with engine.begin() as conn:
         for _ in range(count):
-            command = InitiateOutbound.model_validate(
-                {
-                    "commandId": str(uuid4()),
-                    "workspaceId": str(workspace_id),
-                    "request": body(uuid4(), uuid4()),
-                }
-            )
-            event = rejection_event(command, ErrorCode.CONTACT_NOT_FOUND)
-            outbox_store.add_many(conn, [(event, command.command_id)])
+            events = []
+            for _ in range(per_write):
+                command = InitiateOutbound.model_validate(
+                    {
+                        "commandId": str(uuid4()),
+                        "workspaceId": str(workspace_id),
+                        "request": body(uuid4(), uuid4()),
+                    }
+                )
+                event = rejection_event(command, ErrorCode.CONTACT_NOT_FOUND)
+                events.append((event, command.command_id))
+            outbox_store.add_many(conn, events)
 
 
 @pytest.fixture
@@ -117,6 +126,22 @@ class TestRelayBatch:
             str(row.event_id) for row in outbox_rows(engine)
         ]
 
+    def test_a_write_goes_out_whole_and_the_limit_counts_whole_writes(self, world, engine, redis):
+        insert_rejections(engine, world.workspace_id, 3, per_write=3)
+        assert relay_batch(engine, redis, STREAM, limit=5) == 3  # 3 + 3 would pass 5
+        assert relay_batch(engine, redis, STREAM, limit=6) == 6
+        assert relay_batch(engine, redis, STREAM, limit=6) == 0
+        assert [e["id"] for e in stream_events(redis)] == [
+            str(row.event_id) for row in outbox_rows(engine)
+        ]
+
+    def test_a_write_larger_than_the_limit_goes_out_whole(self, world, engine, redis):
+        insert_rejections(engine, world.workspace_id, 2, per_write=4)
+        assert relay_batch(engine, redis, STREAM, limit=2) == 4
+        assert unpublished(engine) == 4
+        assert relay_batch(engine, redis, STREAM, limit=2) == 4
+        assert unpublished(engine) == 0
+
     def test_the_event_field_is_compact_json(self, world, engine, redis):
         initiate(world, 1)
         relay_batch(engine, redis, STREAM)
@@ -144,7 +169,7 @@ class TestRelayMetrics:
         initiate(world, 1)
         [row] = outbox_rows(engine)
         direct = sample("leadscout_events_relayed_total", path="direct")
-        publish_now(engine, redis, STREAM, [written(row)])
+        publish_now(engine, redis, STREAM, writes_of(row))
         assert sample("leadscout_events_relayed_total", path="direct") == direct + 1
 
 
@@ -193,7 +218,7 @@ class TestPublishNow:
         initiate(world, 3)
         rows = outbox_rows(engine)
         first, second, third = (row.event_id for row in rows)
-        assert publish_now(engine, redis, STREAM, [written(rows[1])]) == 1
+        assert publish_now(engine, redis, STREAM, writes_of(rows[1])) == 1
         assert [e["id"] for e in stream_events(redis)] == [str(second)]
         assert relay_batch(engine, redis, STREAM) == 2
         assert [e["id"] for e in stream_events(redis)] == [str(second), str(first), str(third)]
@@ -201,13 +226,13 @@ class TestPublishNow:
     def test_an_already_published_event_is_not_sent_again(self, world, engine, redis):
         initiate(world, 1)
         [row] = outbox_rows(engine)
-        publish_now(engine, redis, STREAM, [written(row)])
-        assert publish_now(engine, redis, STREAM, [written(row)]) == 0
+        publish_now(engine, redis, STREAM, writes_of(row))
+        assert publish_now(engine, redis, STREAM, writes_of(row)) == 0
         assert redis.xlen(STREAM) == 1
 
     def test_no_events_send_nothing(self, world, engine, redis):
         initiate(world, 1)
-        assert publish_now(engine, redis, STREAM, []) == 0
+        assert publish_now(engine, redis, STREAM, {}) == 0
         assert redis.exists(STREAM) == 0
         assert unpublished(engine) == 1
 

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select, text, update
 
 from tests.world import World, body
 from worker.relay import MEMORY_KEY, relay_batch, replay_after_data_loss
-from worker.store.tables import outbox
+from worker.store.tables import outbox, outbox_writes
 
 STREAM = "leadscout:events"
 
@@ -44,7 +44,7 @@ def outbox_ids(engine: Engine) -> list[str]:
 def published_ago(engine: Engine, seconds: float) -> None:
     with engine.begin() as conn:
         conn.execute(
-            update(outbox).values(published_at=text(f"now() - interval '{seconds} seconds'"))
+            update(outbox_writes).values(published_at=text(f"now() - interval '{seconds} seconds'"))
         )
 
 

@@ -22,6 +22,7 @@ from worker.store.tables import (
     follow_ups,
     messages,
     outbox,
+    outbox_writes,
 )
 
 CREATED = "leadscout.conversation.created"
@@ -1023,9 +1024,9 @@ class TestConversationCreatedEvent:
         }
         with shop.engine.connect() as conn:
             row = conn.execute(
-                select(outbox.c.event_id, outbox.c.workspace_id, outbox.c.published_at).where(
-                    outbox.c.command_id == UUID(result["commandId"])
-                )
+                select(outbox.c.event_id, outbox.c.workspace_id, outbox_writes.c.published_at)
+                .join_from(outbox, outbox_writes)
+                .where(outbox.c.command_id == UUID(result["commandId"]))
             ).one()
         assert (row.event_id, row.workspace_id, row.published_at) == (
             UUID(payload["id"]),

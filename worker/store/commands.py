@@ -47,8 +47,9 @@ class Outcome:
     status: Finished
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
-    # The outbox events this processing wrote (none for a redelivery).
+    # The outbox events this processing wrote (none for a redelivery), and their write.
     events: tuple[Written, ...] = ()
+    write_id: int | None = None
 
     @property
     def event_ids(self) -> tuple[UUID, ...]:

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, bindparam, insert
 
 from schemas.events import Event
 from worker.store import bulk
-from worker.store.tables import outbox
+from worker.store.tables import outbox, outbox_writes
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,15 +32,30 @@ def add(conn: Connection, event: Event, command_id: UUID | None = None) -> None:
     add_many(conn, [(Written.of_event(event), command_id)])
 
 
-def add_many(conn: Connection, events: Sequence[tuple[Written, UUID | None]]) -> None:
-    """Outbox rows for ``(event, command_id)`` pairs, in one write (``bulk.copy_rows``)."""
-    columns = ["event_id", "event_type", "workspace_id", "command_id", "payload"]
+def add_many(conn: Connection, events: Sequence[tuple[Written, UUID | None]]) -> int | None:
+    """Outbox rows for ``(event, command_id)`` pairs, in one write (``bulk.copy_rows``) of
+    their own ``outbox_writes`` row; returns that write's id (None: no events)."""
+    if not events:
+        return None
+    write_id: int = conn.execute(_NEW_WRITE, {"events": len(events)}).scalar_one()
+    columns = ["event_id", "event_type", "workspace_id", "command_id", "payload", "write_id"]
     bulk.copy_rows(
         conn,
         outbox,
         columns,
         (
-            (event.id, event.type, event.workspace_id, command_id, bulk.encoded_json(event.json))
+            (
+                event.id,
+                event.type,
+                event.workspace_id,
+                command_id,
+                bulk.encoded_json(event.json),
+                write_id,
+            )
             for event, command_id in events
         ),
     )
+    return write_id
+
+
+_NEW_WRITE = insert(outbox_writes).values(events=bindparam("events")).returning(outbox_writes.c.id)
