@@ -58,8 +58,11 @@ LOCK_TTL_MS = 400
 # the commands the paused worker marked processing (those its write holds locked excepted).
 PAUSE_S = SWEEP_AFTER_S + 1
 CAMPAIGN_WORKERS = ("campaign-worker", "campaign-worker-2")
-# Early enough that both workers hold chunks (each reserves at most one per pool process).
-HOLDER_FAULT_AT = 2_000
+# As soon as the first rejections commit (each chunk writes its own first), before any
+# chunk's round: the 5,000 commands are three chunks (2,000, 2,000, 1,000), each worker holds
+# at least one (each reserves at most one per pool process), and a round is a whole chunk,
+# so a worker whose round committed may have nothing left to hold.
+HOLDER_FAULT_AT = 1
 
 
 @pytest.mark.slow

@@ -70,15 +70,15 @@ def stored(engine: Engine) -> tuple[set[UUID], set[UUID]]:
 class TestPublished:
     """Every accepted command is published once, in chunks of at most CHUNK_SIZE."""
 
-    def test_2500_commands_leave_in_three_chunks_after_the_commit(self, engine, world, monkeypatch):
+    def test_4500_commands_leave_in_three_chunks_after_the_commit(self, engine, world, monkeypatch):
         sent: list[list[UUID]] = []
         monkeypatch.setattr(tasks, "publish_chunk", publishing(sent))
 
-        answer = accept(engine, world, raw_body(2500))
+        answer = accept(engine, world, raw_body(4500))
 
         batch_ids, command_ids = stored(engine)
-        assert (answer["accepted"], batch_ids) == (2500, {UUID(answer["batchId"])})
-        assert [len(chunk) for chunk in sent] == [1000, 1000, 500]
+        assert (answer["accepted"], batch_ids) == (4500, {UUID(answer["batchId"])})
+        assert [len(chunk) for chunk in sent] == [2000, 2000, 500]
         assert {command_id for chunk in sent for command_id in chunk} == command_ids
 
     def test_a_replay_publishes_nothing(self, engine, world, monkeypatch):
@@ -127,7 +127,7 @@ class TestBrokerDown:
         batch_ids, command_ids = stored(engine)
         assert (answer["accepted"], batch_ids) == (2500, {UUID(answer["batchId"])})
         assert len(command_ids) == 2500
-        assert [len(chunk) for chunk in sent] == [1000]
+        assert [len(chunk) for chunk in sent] == [2000]
 
 
 class TestPublishingBug:

@@ -14,9 +14,10 @@ from sqlalchemy.dialects import postgresql
 from schemas.api import InitiateOutboundRequest
 from tests.world import World, body
 from worker.store import catalog
+from worker.tasks import CHUNK_SIZE
 
 CONTACTS = 20_000
-CHUNK = 1_000
+CHUNK = CHUNK_SIZE  # a campaign task's ids
 
 
 @pytest.fixture

@@ -187,18 +187,18 @@ class TestWhatIsSwept:
 
         assert queued(redis, SINGLE_QUEUE) == [("leadscout.initiate_outbound", fine.to_message())]
 
-    def test_2500_stale_batch_commands_go_out_as_3_chunk_tasks_on_the_campaign_queue(
+    def test_4500_stale_batch_commands_go_out_as_3_chunk_tasks_on_the_campaign_queue(
         self, world, engine, redis
     ):
-        ids = record_batch(world, 2500)
+        ids = record_batch(world, 4500)
         age(engine, ids, created_s=60, touched_s=60)
 
-        assert sweeper.sweep(engine, redis, AFTER_S) == 2500
+        assert sweeper.sweep(engine, redis, AFTER_S) == 4500
 
         sent = queued(redis, CAMPAIGN_QUEUE)
         assert [(name, len(chunk)) for name, chunk in sent] == [
-            ("leadscout.initiate_chunk", 1000),
-            ("leadscout.initiate_chunk", 1000),
+            ("leadscout.initiate_chunk", 2000),
+            ("leadscout.initiate_chunk", 2000),
             ("leadscout.initiate_chunk", 500),
         ]
         assert Counter(i for _, chunk in sent for i in chunk) == Counter(str(i) for i in ids)
