@@ -121,7 +121,8 @@ class Intake:
             return commands.record_idempotent(conn, command, key, body_hash)
 
     def _publish(self, command: InitiateOutbound) -> None:
-        """Publishes the recorded command; with the broker down, takes the record back (503).
+        """Publishes the recorded command; with the broker down, takes the record back (503),
+        unless a worker already took the command from the table: then it is accepted.
 
         Any other failure is a bug: it propagates (500) and the row stays. The message may
         have left anyway, and the worker drops a command whose row is gone; a row stuck in
@@ -131,15 +132,18 @@ class Intake:
             tasks.publish(command)
         except BROKER_UNAVAILABLE as exc:
             logger.warning("intake.publish_failed", error=type(exc).__name__)
-            self._discard(command.command_id)
+            if not self._discard(command.command_id):
+                # A 503 now would invite a retry of a command that runs, or ran.
+                logger.info("intake.taken_while_unpublished")
+                return
             raise ApiProblem(
                 ErrorCode.SERVICE_UNAVAILABLE,
                 "The broker is unreachable; nothing was accepted. Retry later.",
             ) from None
 
-    def _discard(self, command_id: UUID) -> None:
+    def _discard(self, command_id: UUID) -> bool:
         with self.engine.begin() as conn:
-            commands.discard(conn, command_id)
+            return commands.discard(conn, command_id)
 
     async def _await(self, command_id: UUID, outcome: asyncio.Future[dict[str, Any]]) -> Status:
         try:

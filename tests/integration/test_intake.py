@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -21,6 +22,7 @@ from schemas.commands import InitiateOutbound
 from schemas.errors import ErrorCode
 from tests.world import World, body
 from worker import tasks
+from worker.store.commands import take_backlog
 from worker.store.tables import commands
 
 KEY = "order-7"
@@ -99,6 +101,28 @@ class TestBrokerUnavailable:
         assert status == Status(status.command_id, "accepted")
         assert [command.command_id for command in sent] == [status.command_id]
         assert stored(engine) == [(str(status.command_id), "accepted", KEY)]
+
+
+class TestTakenWhileTheBrokerIsDown:
+    """A worker behind on its queue takes waiting single commands from the table
+    (``commands.take_backlog``): one it took while its publish was failing ran, or runs, so
+    it is accepted, not refused."""
+
+    def test_a_command_a_worker_took_is_accepted_and_kept(
+        self, intake, world, engine, request_body, monkeypatch
+    ):
+        def taken_then_broker_down(command: InitiateOutbound) -> None:
+            with engine.begin() as conn:
+                taken = take_backlog(conn, world.workspace_id, timedelta(0), limit=32)
+            assert [c.command_id for c in taken] == [command.command_id]
+            raise BROKER_DOWN[0]
+
+        monkeypatch.setattr(tasks, "publish", taken_then_broker_down)
+
+        status = submit(intake, world, request_body, KEY)
+
+        assert status == Status(status.command_id, "accepted")
+        assert stored(engine) == [(str(status.command_id), "processing", KEY)]
 
 
 class TestPublishingBug:

@@ -352,11 +352,14 @@ def record_idempotent(
     return holder_now
 
 
-def discard(conn: Connection, command_id: UUID) -> None:
-    """Removes a command that never reached the broker (the client was told 503)."""
-    conn.execute(
+def discard(conn: Connection, command_id: UUID) -> bool:
+    """Removes a command that never reached the broker, unless a worker took it already
+    (``take_backlog`` reads waiting single commands from the table, not the queue); returns
+    whether it was removed."""
+    removed = conn.execute(
         delete(commands).where(commands.c.id == command_id, commands.c.status == "accepted")
     )
+    return removed.rowcount == 1
 
 
 def find_any(conn: Connection, command_id: UUID) -> StoredCommand | None:
