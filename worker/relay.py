@@ -143,12 +143,12 @@ _OLDEST_WRITES = (
     .order_by(outbox_writes.c.id)
     .limit(bindparam("at_most"))
 )
-_LOCK_WRITES = (
-    select(outbox_writes.c.id, _LAG_S)
+_NAMED_UNSENT = (
+    select(outbox_writes.c.id)
     .where(outbox_writes.c.id == any_(_WRITE_IDS), _UNPUBLISHED)
-    .order_by(outbox_writes.c.id)
     .with_for_update(skip_locked=True)
 )
+_LOCK_WRITES = _NAMED_UNSENT.add_columns(_LAG_S).order_by(outbox_writes.c.id)
 # The payload's text as stored (json keeps it verbatim): sent as is, not parsed and encoded.
 _PAYLOADS = (
     select(outbox.c.payload.cast(Text))
@@ -164,14 +164,7 @@ _MARK_PUBLISHED = (
 # not waited for.
 _MARK_NAMED = (
     update(outbox_writes)
-    .where(
-        outbox_writes.c.id.in_(
-            select(outbox_writes.c.id)
-            .where(outbox_writes.c.id == any_(_WRITE_IDS), _UNPUBLISHED)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-    )
+    .where(outbox_writes.c.id.in_(_NAMED_UNSENT.scalar_subquery()))
     .values(published_at=func.now())
     .returning(outbox_writes.c.id, _LAG_S)
 )
