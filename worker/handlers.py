@@ -1,6 +1,6 @@
 """Turns ``InitiateOutbound`` commands into conversations or clean rejections.
 
-One rule, two sizes: a campaign chunk of up to a thousand commands and a single initiation
+One rule, two sizes: a campaign chunk of up to 2,000 commands and a single initiation
 (a chunk of one) take the same path. The rule itself (SPEC 4.1 checks 1–10) lives in
 ``worker.rules``; this module adds the I/O around it, set-based:
 

@@ -88,7 +88,7 @@ def publish(command: InitiateOutbound) -> None:
 
 
 # Commands per campaign task: one claim, one catalog read and one write transaction each.
-CHUNK_SIZE = 2000
+CHUNK_SIZE = 2_000
 CAMPAIGN_QUEUE = "leadscout.campaign"
 # Single initiations go to the app's default queue, which kombu keeps as a Redis list.
 SINGLE_QUEUE: str = app.conf.task_default_queue

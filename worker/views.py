@@ -27,7 +27,7 @@ def rfc3339(moment: datetime) -> str:
 @lru_cache(maxsize=64)
 def _rfc3339(moment: datetime, _offset: timedelta | None) -> str:
     # Cached: a chunk's conversations share one transaction time, written twice in each
-    # of its up to a thousand answers.
+    # of its up to 2,000 answers.
     return moment.isoformat().replace("+00:00", "Z")
 
 
